@@ -1,0 +1,95 @@
+"""In-memory image datasets: uint8 tensors, their splits and their statistics.
+
+Every source (IDX files, CIFAR-10, folders of images, the generated patterns) ends up as an
+`ImageData`: a train and a test `Split` of uint8 images (N, C, H, W) with int64 labels, the
+class names, and any extra evaluation splits (the patterns' shifted test set). Everything
+downstream (the loader, training, evaluation) only sees this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import DataError, UsageError
+
+
+@dataclass
+class Split:
+    """Images (N, C, H, W) uint8 and labels (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.dim() != 4 or self.x.dtype != torch.uint8:
+            raise DataError(f"images must be uint8 (N, C, H, W), got {self.x.dtype} {tuple(self.x.shape)}")
+        if self.y.shape != (len(self.x),):
+            raise DataError(f"{len(self.x)} images but labels of shape {tuple(self.y.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, index: torch.Tensor | slice) -> Split:
+        """The images and labels at `index` (a slice or a tensor of indices)."""
+        return Split(self.x[index], self.y[index])
+
+
+@dataclass
+class ImageData:
+    """A labelled image dataset held in memory."""
+
+    name: str  # the dataset reference it came from, e.g. "fashion-mnist" or "folder:/data/pets"
+    classes: list[str]
+    train: Split
+    test: Split
+    extra: dict[str, Split] = field(default_factory=dict)  # more evaluation splits
+    source: str = ""  # where the files were found, for messages and the run's config
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> Split:
+        """A split by name: "train", "test" or one of `extra`."""
+        splits = {"train": self.train, "test": self.test, **self.extra}
+        if name not in splits:
+            raise UsageError(f"{self.name} has no split {name!r}; it has {', '.join(splits)}")
+        return splits[name]
+
+
+def train_val_split(train: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """Hold out a seeded random `val_fraction` of `train` for validation."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    n_val = int(round(len(train) * val_fraction))
+    if val_fraction > 0 and n_val == 0:
+        n_val = 1
+    if len(train) - n_val < 1:
+        raise DataError(f"only {len(train)} training images: too few to hold out {val_fraction:.0%} for validation")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    return train.take(order[n_val:]), train.take(order[:n_val])
+
+
+def channel_stats(x: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of uint8 images (N, C, H, W), on the [0, 1] scale."""
+    if len(x) == 0:
+        raise DataError("cannot compute normalization statistics of an empty split")
+    channels = x.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, len(x), chunk):  # chunks keep float64 copies small
+        part = x[start : start + chunk].to(torch.float64) / 255.0  # (n, C, H, W)
+        total += part.sum(dim=(0, 2, 3))
+        total_sq += part.square().sum(dim=(0, 2, 3))
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant images: do not divide by 0
+    return mean.tolist(), std.tolist()

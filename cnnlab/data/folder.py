@@ -1,0 +1,159 @@
+"""A folder of images with one sub-folder per class (torchvision's ImageFolder layout).
+
+    PATH/<class>/<image>              split into train and test by a seeded draw, or
+    PATH/train/<class>/<image> and PATH/test/<class>/<image>
+
+Images are decoded once into one uint8 tensor (N, C, H, W), in parallel threads (Pillow
+releases the GIL while decoding), resized to one size, and grayscale when every image is.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import images
+from ..errors import DataError, ImageError
+from .dataset import ImageData, Split
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under `folder`, any depth, sorted; hidden files and other files are skipped."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [
+            Path(root) / f for f in sorted(files)
+            if not f.startswith(".") and f.lower().endswith(images.IMAGE_EXTENSIONS)
+        ]
+    return found
+
+
+def _class_folders(root: Path) -> dict[str, list[Path]]:
+    """{class name: image files} for each sub-folder of `root` that holds images."""
+    classes = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = _image_files(sub)
+        if files:
+            classes[sub.name] = files
+    return classes
+
+
+def _seeded_split(
+    classes: dict[str, list[Path]], test_fraction: float, seed: int
+) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Split each class's files into train and test, so both keep the class balance."""
+    g = torch.Generator().manual_seed(seed)
+    train, test = {}, {}
+    for name, files in classes.items():
+        order = torch.randperm(len(files), generator=g).tolist()
+        n_test = int(round(len(files) * test_fraction))
+        if test_fraction > 0 and len(files) >= 2:
+            n_test = min(max(n_test, 1), len(files) - 1)  # every class in both splits
+        test[name] = [files[i] for i in order[:n_test]]
+        train[name] = [files[i] for i in order[n_test:]]
+    return train, test
+
+
+def _decode_all(
+    files: list[Path], size: tuple[int, int], channels: int | None, skip_bad: bool
+) -> tuple[list[np.ndarray | None], list[str]]:
+    """Decode `files` in threads; returns arrays (None where bad) and the error messages."""
+    def decode(path: Path) -> np.ndarray | str:
+        try:
+            return images.read(path, channels=channels, size=size)  # (H, W, C)
+        except ImageError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+        results = list(pool.map(decode, files, chunksize=64))
+    errors = [r for r in results if isinstance(r, str)]
+    if errors and not skip_bad:
+        shown = "\n  ".join(errors[:10])
+        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        raise DataError(
+            f"{len(errors)} of {len(files)} image files cannot be read:\n  {shown}{more}\n"
+            "Remove or re-save them, or pass --skip-bad-images to leave them out."
+        )
+    return [None if isinstance(r, str) else r for r in results], errors
+
+
+def _decode(
+    splits: list[dict[str, list[Path]]], names: list[str], size: tuple[int, int], channels: int | None, skip_bad: bool
+) -> list[list[tuple[np.ndarray, int]]]:
+    """Per split, (image (H, W, C), label) for every readable file; all files decoded in one go."""
+    files = [(f, i, s) for s, classes in enumerate(splits) for i, name in enumerate(names) for f in classes.get(name, [])]
+    arrays, _ = _decode_all([f for f, _, _ in files], size, channels, skip_bad)
+    decoded: list[list[tuple[np.ndarray, int]]] = [[] for _ in splits]
+    for array, (_, label, s) in zip(arrays, files):
+        if array is not None:
+            decoded[s].append((array, label))
+    return decoded
+
+
+def _stack(items: list[tuple[np.ndarray, int]], channels: int, size: tuple[int, int]) -> Split:
+    """One Split from decoded images, grayscale ones repeated to `channels` where needed."""
+    if not items:
+        return Split(torch.zeros((0, channels, *size), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
+    stacked = np.stack([np.repeat(a, channels // a.shape[2], axis=2) for a, _ in items])  # (N, H, W, C)
+    x = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+    return Split(x, torch.tensor([y for _, y in items], dtype=torch.int64))
+
+
+def load_folder(
+    path: str | Path,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    skip_bad: bool = False,
+) -> ImageData:
+    """Read a class-per-sub-folder image tree into memory.
+
+    image_size: side (or (height, width)) every image is resized to; None takes the first
+    image's size. channels: 1 or 3 to force grayscale or RGB; None is 1 only if every image is
+    grayscale. test_fraction and seed split the images when there is no train/ and test/.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"folder dataset {root} does not exist or is not a folder")
+    if (root / "train").is_dir():
+        train_classes = _class_folders(root / "train")
+        test_classes = _class_folders(root / "test") if (root / "test").is_dir() else None
+        if test_classes is not None and set(test_classes) - set(train_classes):
+            extra = sorted(set(test_classes) - set(train_classes))
+            raise DataError(f"{root}/test has classes that {root}/train lacks: {', '.join(extra)}")
+    else:
+        train_classes, test_classes = _class_folders(root), None
+    if len(train_classes) < 2:
+        raise DataError(
+            f"{root} needs at least two class sub-folders holding images, found "
+            f"{len(train_classes)}; lay it out as {root}/<class>/<image>.jpg "
+            f"(or with train/ and test/ folders above the class folders)"
+        )
+    if test_classes is None:
+        train_classes, test_classes = _seeded_split(train_classes, test_fraction, seed)
+    names = sorted(train_classes)
+
+    if image_size is None:
+        first = images.read(next(iter(train_classes.values()))[0])
+        size = (first.shape[0], first.shape[1])
+    elif isinstance(image_size, int):
+        size = (image_size, image_size)
+    else:
+        size = tuple(image_size)
+    train, test = _decode([train_classes, test_classes], names, size, channels, skip_bad)
+    if not train:
+        raise DataError(f"no readable training images in {root}")
+    width = max(a.shape[2] for a, _ in train + test)  # 3 if any image is in colour
+    return ImageData(
+        name=f"folder:{root}",
+        classes=names,
+        train=_stack(train, width, size),
+        test=_stack(test, width, size),
+        source=str(root),
+    )

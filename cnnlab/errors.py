@@ -1,0 +1,39 @@
+"""Errors a user can cause. Each message says what is wrong and what to do about it.
+
+The CLI prints the message of any `Error` and exits with status 2, without a traceback
+(`--debug` shows it). Anything else that escapes is a bug in cnnlab.
+"""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Base class of every error cnnlab raises on purpose."""
+
+
+class DataError(Error):
+    """A dataset is missing, malformed or cannot be read."""
+
+
+class ImageError(DataError):
+    """An image file cannot be decoded (corrupt, truncated, not an image, too large)."""
+
+
+class ModelError(Error):
+    """A model reference is unknown, or the model cannot take the input it is given."""
+
+
+class TrainingError(Error):
+    """Training cannot go on (for example the loss became NaN)."""
+
+
+class RunError(Error):
+    """A run folder is missing, incomplete or was written by an incompatible version."""
+
+
+class UsageError(Error):
+    """Arguments that do not fit together."""
+
+
+class Interrupted(TrainingError):
+    """Training was stopped by the user (Ctrl-C); the completed epochs are saved."""

@@ -1,0 +1,111 @@
+"""Image files <-> tensors, the way lecture 000 does it with Pillow, made safe.
+
+`read` decodes a file into a uint8 array (H, W, C); `load` gives the float tensor (C, H, W)
+in [0, 1] that a network takes. Both drop alpha, turn palette and 16-bit images into 8-bit
+grayscale or RGB, honour the EXIF orientation, and turn every decoding failure (corrupt,
+truncated, empty, not an image, a decompression bomb) into an `ImageError` that names the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+# File endings treated as images when scanning folders (as torchvision's ImageFolder does).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+# Refuse images with more pixels than this before decoding them: a 40,000 x 40,000 PNG of
+# a few kilobytes would otherwise take gigabytes of memory. 100 megapixels fits any camera.
+MAX_PIXELS = 100_000_000
+
+Size = tuple[int, int]  # (height, width)
+
+
+def _open(path: Path) -> Image.Image:
+    """Open and fully decode `path`, turning Pillow's many failure modes into ImageError."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat it as an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(
+                        f"{path} is {width}x{height} pixels, more than cnnlab's limit of "
+                        f"{MAX_PIXELS:,}; shrink it first (possibly a decompression bomb)"
+                    )
+                img.load()
+                return ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
+    except FileNotFoundError as exc:
+        raise ImageError(f"{path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ImageError(f"{path} is a folder, not an image file") from exc
+    except UnidentifiedImageError as exc:
+        size = path.stat().st_size if path.exists() else 0
+        what = "is empty" if size == 0 else "is not an image Pillow can read (PNG, JPEG, BMP, ...)"
+        raise ImageError(f"{path} {what}") from exc
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{path} is refused as a possible decompression bomb: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path} is corrupt or truncated ({exc}); re-save or remove it") from exc
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Palette, 16-bit, 32-bit and alpha modes -> 'L' (grayscale) or 'RGB'."""
+    if img.mode in ("L", "RGB"):
+        return img
+    if img.mode in ("1", "LA", "La"):
+        return img.convert("L")
+    if img.mode.startswith("I") or img.mode == "F":
+        # 16-bit PNG/TIFF: scale to 0..255 rather than clip, which Pillow's convert does.
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    return img.convert("RGB")  # RGBA drops alpha; CMYK, YCbCr, LAB convert
+
+
+def read(path: str | Path, channels: int | None = None, size: Size | None = None) -> np.ndarray:
+    """Decode an image file into uint8 (H, W, C).
+
+    channels: 1 (grayscale, ITU-R 601 luma as Pillow and OpenCV compute it), 3 (RGB), or None
+    to keep what the file has (1 for grayscale files, 3 otherwise).
+    size: (height, width) to resize to, bilinear with antialiasing; None keeps the file's size.
+    """
+    path = Path(path)
+    img = _to_8bit(_open(path))
+    if channels == 1 and img.mode != "L":
+        img = img.convert("L")
+    elif channels == 3 and img.mode != "RGB":
+        img = img.convert("RGB")
+    elif channels not in (None, 1, 3):
+        raise ImageError(f"cannot give {channels} channels; images have 1 (grayscale) or 3 (RGB)")
+    if size is not None and (img.height, img.width) != tuple(size):
+        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    array = np.asarray(img, dtype=np.uint8)
+    return array[:, :, None] if array.ndim == 2 else array  # (H, W, C)
+
+
+def load(path: str | Path, channels: int | None = None, size: Size | None = None) -> torch.Tensor:
+    """Load an image file as a float tensor (C, H, W) with values in [0, 1]."""
+    array = read(path, channels, size)  # (H, W, C) uint8
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)  # (C, H, W)
+
+
+def save(tensor: torch.Tensor, path: str | Path) -> None:
+    """Write a (C, H, W) or (H, W) tensor with values in [0, 1] to an image file."""
+    if tensor.dim() == 2:
+        tensor = tensor[None]
+    if tensor.dim() != 3 or tensor.shape[0] not in (1, 3):
+        raise ImageError(f"can only save (1|3, H, W) or (H, W) tensors, not {tuple(tensor.shape)}")
+    array = (tensor.detach().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(path)

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real datasets beside the checkout, a few CIFAR-10 JPEGs, a trained run."""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _datasets_dir() -> Path:
+    return Path(os.environ.get("CNNLAB_TEST_DATA") or REPO.parent / "shared" / "datasets")
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    """The real MNIST / Fashion-MNIST / CIFAR-10 copies (../shared/datasets or $CNNLAB_TEST_DATA)."""
+    path = _datasets_dir()
+    if not (path / "fashion-mnist").is_dir():
+        pytest.skip(f"real datasets not found at {path}; set CNNLAB_TEST_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_jpegs(datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CIFAR-10 JPEG tree: the first 20 train and 5 test images of each class."""
+    out = tmp_path_factory.mktemp("cifar")
+    keep = re.compile(r"cifar10-jpeg/(train/[a-z]+/00(0\d|1\d)|test/[a-z]+/000[0-4])\.jpg$")
+    with tarfile.open(datasets_dir / "cifar10-jpeg" / "cifar10-jpeg.tar.gz") as tar:
+        members = [m for m in tar if m.isfile() and keep.match(m.name)]
+        tar.extractall(out, members=members, filter="data")
+    return out / "cifar10-jpeg"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory):
+    """seed-cnn trained briefly on 2,000 images of the shipped sample."""
+    import cnnlab
+
+    out = tmp_path_factory.mktemp("runs") / "seed-cnn"
+    return cnnlab.train("seed-cnn", "sample", subset=2000, epochs=3, out=out, verbose=False)

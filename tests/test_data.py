@@ -1,0 +1,167 @@
+"""Datasets: the shipped sample, the real files, folders of images, patterns, splits and batches."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.data import BatchLoader, Split, channel_stats, load_dataset, train_val_split
+from cnnlab.data.idx import write_idx
+from cnnlab.data.patterns import _offsets
+from cnnlab.data.sources import FASHION_CLASSES, adapt, locate
+from cnnlab.errors import DataError, UsageError
+
+
+def test_shipped_sample():
+    data = load_dataset("sample")
+    assert data.train.x.shape == (8000, 1, 28, 28) and data.train.x.dtype == torch.uint8
+    assert data.test.x.shape == (2000, 1, 28, 28)
+    assert data.classes == FASHION_CLASSES
+    assert data.train.y[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # official order
+
+
+def test_fashion_mnist_from_data_dir_and_env(datasets_dir, monkeypatch):
+    data = load_dataset("fashion-mnist", data_dir=datasets_dir)
+    assert (len(data.train), len(data.test)) == (60000, 10000)
+    mean, std = channel_stats(data.train.x)
+    assert mean[0] == pytest.approx(0.2861, abs=1e-4) and std[0] == pytest.approx(0.3528, abs=1e-4)
+    monkeypatch.setenv("CNNLAB_DATA", str(datasets_dir))
+    assert len(load_dataset("mnist").test) == 10000
+
+
+def test_torchvision_layout_with_raw_files(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    x = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", x)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(6, dtype=np.uint8))
+    data = load_dataset("fashion-mnist", data_dir=tmp_path)
+    assert torch.equal(data.train.x[:, 0], torch.from_numpy(x))
+    assert locate("fashion-mnist", tmp_path) == str(raw)
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", data_dir=tmp_path / "nowhere")
+    message = str(info.value)
+    assert str(tmp_path / "nowhere" / "mnist") in message
+    assert "--download" in message and "--data-dir" in message and "--dataset sample" in message
+
+
+def test_cifar10_missing_points_at_the_jpeg_archive(datasets_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(DataError, match=r"tar xzf .*cifar10-jpeg.tar.gz"):
+        load_dataset("cifar10", data_dir=datasets_dir)
+
+
+def test_unknown_dataset():
+    with pytest.raises(UsageError, match="unknown dataset 'fmnist'"):
+        load_dataset("fmnist")
+
+
+def test_folder_of_cifar_jpegs(cifar_jpegs):
+    data = load_dataset(f"folder:{cifar_jpegs}")
+    assert data.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert data.train.x.shape == (200, 3, 32, 32) and data.test.x.shape == (50, 3, 32, 32)
+    assert torch.bincount(data.train.y).tolist() == [20] * 10
+    first = np.array(Image.open(cifar_jpegs / "train" / "airplane" / "0000.jpg").convert("RGB"))
+    assert torch.equal(data.train.x[0], torch.from_numpy(first).permute(2, 0, 1))
+    assert load_dataset(f"folder:{cifar_jpegs}", image_size=16, channels=1).train.x.shape == (200, 1, 16, 16)
+
+
+def test_folder_without_train_test_is_split_by_seed(cifar_jpegs, tmp_path):
+    for name in ("cat", "dog"):
+        shutil.copytree(cifar_jpegs / "train" / name, tmp_path / name)
+    a = load_dataset(f"folder:{tmp_path}", seed=1)
+    b = load_dataset(f"folder:{tmp_path}", seed=1)
+    assert (len(a.train), len(a.test)) == (32, 8)  # 20% of each class
+    assert torch.bincount(a.test.y).tolist() == [4, 4]
+    assert torch.equal(a.test.x, b.test.x)
+    assert not torch.equal(a.test.x, load_dataset(f"folder:{tmp_path}", seed=2).test.x)
+
+
+def test_grayscale_folder_has_one_channel(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), i * 50, np.uint8), "L").save(tmp_path / name / f"{i}.png")
+    data = load_dataset(f"folder:{tmp_path}")
+    assert data.input_shape == (1, 8, 8)
+
+
+def test_unreadable_images_are_named(cifar_jpegs, tmp_path):
+    for name in ("cat", "dog"):
+        shutil.copytree(cifar_jpegs / "train" / name, tmp_path / name)
+    (tmp_path / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"1 of 41 image files cannot be read:\n  .*cat/broken\.jpg"):
+        load_dataset(f"folder:{tmp_path}")
+    kept = load_dataset(f"folder:{tmp_path}", skip_bad_images=True)
+    assert len(kept.train) + len(kept.test) == 40
+
+
+def test_folder_needs_class_folders(tmp_path):
+    with pytest.raises(DataError, match="at least two class sub-folders"):
+        load_dataset(f"folder:{tmp_path}")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(f"folder:{tmp_path / 'missing'}")
+
+
+def test_patterns_are_balanced_and_shifted_further():
+    data = load_dataset("patterns")
+    assert data.input_shape == (3, 28, 28) and data.classes == ["zebra", "checkerboard"]
+    assert abs(data.train.y.float().mean().item() - 0.5) < 0.03
+
+    assert torch.equal(load_dataset("patterns").test.x, data.test.x)  # seeded
+    assert not torch.equal(data.test.x, data.extra["test-shifted"].x)
+
+
+def test_pattern_positions():
+    g = torch.Generator().manual_seed(0)
+    centre = (28 - 12) // 2
+    near = _offsets(2000, 0, 28 - 12, train_shift=3, shifted=False, g=g)
+    far = _offsets(2000, 0, 28 - 12, train_shift=3, shifted=True, g=g)
+    assert (near - centre).abs().max() == 3
+    assert (far - centre).abs().amax(1).min() == 4
+    assert far.min() == 0 and far.max() == 16  # the patch stays inside the 28x28 image
+
+
+def test_train_val_split_is_seeded_and_disjoint():
+    split = Split(torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1), torch.arange(100))
+    fit, val = train_val_split(split, 0.1, seed=3)
+    assert (len(fit), len(val)) == (90, 10)
+    assert sorted(fit.y.tolist() + val.y.tolist()) == list(range(100))
+    assert torch.equal(val.y, train_val_split(split, 0.1, seed=3)[1].y)
+    assert not torch.equal(val.y, train_val_split(split, 0.1, seed=4)[1].y)
+
+
+def test_channel_stats_match_numpy():
+    x = torch.randint(0, 256, (50, 3, 7, 5), dtype=torch.uint8)
+    mean, std = channel_stats(x, chunk=7)
+    ref = x.numpy().astype(np.float64) / 255
+    np.testing.assert_allclose(mean, ref.mean(axis=(0, 2, 3)), rtol=1e-10)
+    np.testing.assert_allclose(std, ref.std(axis=(0, 2, 3)), rtol=1e-8)
+
+
+def test_batch_loader_covers_every_image_once_per_epoch():
+    split = Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1), torch.arange(10))
+    loader = BatchLoader(split, 4, mean=[0.0], std=[1 / 255], shuffle=True, seed=0)
+    assert len(loader) == 3
+    epoch0 = torch.cat([y for _, y in loader])
+    assert sorted(epoch0.tolist()) == list(range(10))
+    x, y = next(iter(loader))
+    assert torch.allclose(x.view(-1), y.float())  # (x / 255 - 0) / (1 / 255) gives the pixel back
+    loader.set_epoch(1)
+    assert not torch.equal(torch.cat([y for _, y in loader]), epoch0)
+
+
+def test_adapt_resizes_and_converts_channels():
+    data = load_dataset("sample")
+    small = adapt(data, image_size=32, channels=3)
+    assert small.train.x.shape == (8000, 3, 32, 32)
+    assert torch.equal(small.train.x[:, 0], small.train.x[:, 2])

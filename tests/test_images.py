@@ -1,0 +1,111 @@
+"""Image files to tensors: modes, sizes and every way decoding can fail."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab import images
+from cnnlab.errors import ImageError
+
+
+def test_png_with_alpha_drops_alpha(tmp_path):
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 200, 100, 50, 0  # fully transparent
+    path = tmp_path / "a.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    x = images.load(path)
+    assert x.shape == (3, 4, 6)
+    assert x[:, 0, 0].tolist() == pytest.approx([200 / 255, 100 / 255, 50 / 255])
+
+
+def test_grayscale_jpeg_stays_one_channel_and_converts_to_rgb(tmp_path):
+    path = tmp_path / "g.jpg"
+    Image.fromarray(np.full((10, 10), 128, np.uint8), "L").save(path, quality=100)
+    assert images.load(path).shape == (1, 10, 10)
+    rgb = images.load(path, channels=3)
+    assert rgb.shape == (3, 10, 10)
+    assert torch.equal(rgb[0], rgb[2])
+
+
+def test_rgb_to_grayscale_uses_itu_601_luma(tmp_path):
+    path = tmp_path / "c.png"
+    Image.fromarray(np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]]], np.uint8), "RGB").save(path)
+    gray = images.read(path, channels=1)[0, :, 0]
+    assert gray.tolist() == [76, 150, 29]  # 0.299, 0.587, 0.114 of 255, rounded
+
+
+def test_resize_and_value_range(tmp_path):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)).save(path)
+    x = images.load(path, channels=1, size=(28, 28))
+    assert x.shape == (1, 28, 28)
+    assert x.dtype == torch.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_palette_and_16_bit(tmp_path):
+    palette = Image.new("P", (3, 3))
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    palette.putpixel((1, 1), 1)
+    palette.save(tmp_path / "p.png")
+    x = images.read(tmp_path / "p.png")
+    assert x.shape == (3, 3, 3) and x[1, 1].tolist() == [255, 0, 0]
+    sixteen = Image.fromarray(np.array([[0, 65535, 32768]], np.uint16))
+    sixteen.save(tmp_path / "16.png")
+    assert images.read(tmp_path / "16.png")[0, :, 0].tolist() == [0, 255, 128]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"hello, not an image", "is not an image"),
+    ],
+)
+def test_not_images(tmp_path, content, message):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=message):
+        images.load(path)
+
+
+def test_truncated_jpeg(tmp_path):
+    path = tmp_path / "t.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:600])
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        images.load(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match="does not exist"):
+        images.load(tmp_path / "nope.png")
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (a decompression bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_refused_before_decoding(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_claiming(50_000, 50_000))
+    with pytest.raises(ImageError, match="decompression bomb"):
+        images.load(path)
+
+
+def test_save_round_trip(tmp_path):
+    x = torch.rand(3, 5, 7)
+    images.save(x, tmp_path / "x.png")
+    back = images.load(tmp_path / "x.png")
+    assert torch.allclose(back, x, atol=1 / 255)
