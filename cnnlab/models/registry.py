@@ -1,0 +1,85 @@
+"""A registry of named models, as torchvision's register_model / get_model / list_models.
+
+A builder takes the input shape (C, H, W) and the number of classes and returns an
+nn.Module, so one name works for MNIST, CIFAR-10 or a user's folder of images.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+Builder = Callable[[tuple[int, int, int], int], nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Builder
+    description: str
+    source: str  # where the architecture comes from, e.g. "lecture 001"
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, description: str = "", source: str = "cnnlab") -> Callable[[Builder], Builder]:
+    """Decorator that registers a builder under `name`; a name can be registered only once."""
+
+    def wrap(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ModelError(f"a model named {name!r} is already registered ({_REGISTRY[name].builder.__qualname__})")
+        _REGISTRY[name] = ModelInfo(name, builder, description or (builder.__doc__ or "").strip(), source)
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry for `name`; unknown names raise ModelError with the closest names."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise ModelError(f"unknown model {name!r}.{hint} Registered models: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def get_model(name: str, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> nn.Module:
+    """Build the registered model `name` for inputs (C, H, W) and `num_classes` outputs."""
+    info = model_info(name)
+    if num_classes < 2:
+        raise ModelError(f"a classifier needs at least 2 classes, got {num_classes}")
+    try:
+        model = info.builder(tuple(input_shape), num_classes)
+        shape = output_shape(model, input_shape)
+    except (RuntimeError, ValueError) as exc:
+        c, h, w = input_shape
+        raise ModelError(f"model {name!r} cannot take {c}x{h}x{w} inputs: {exc}") from exc
+    if tuple(shape) != (1, num_classes):
+        raise ModelError(f"model {name!r} gives outputs of shape {tuple(shape)}, expected (1, {num_classes})")
+    return model
+
+
+def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> torch.Size:
+    """The output shape for one input of `input_shape`, from a forward pass on the meta device.
+
+    The meta device only tracks shapes, so this costs no arithmetic and leaves the module's
+    own weights where they are.
+    """
+    meta = {
+        name: torch.empty_like(tensor, device="meta")
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]
+    }
+    probe = torch.empty(1, *input_shape, device="meta")  # (1, C, H, W)
+    return torch.func.functional_call(module, meta, (probe,)).shape
