@@ -1,0 +1,171 @@
+"""How good is a trained model: accuracy, per-class accuracy, confusion matrix, predictions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import images
+from .data import BatchLoader, ImageData, Split, load_dataset
+from .errors import UsageError
+from .runs import Run, open_run
+
+EVAL_BATCH = 500
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" -> cuda when available, else cpu; otherwise the named device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+    return resolved
+
+
+@torch.no_grad()
+def loss_and_accuracy(model: nn.Module, loader: BatchLoader) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` over `loader` (eval mode)."""
+    logits, labels = collect_logits(model, loader)
+    if len(labels) == 0:
+        return math.nan, math.nan
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+@torch.no_grad()
+def collect_logits(model: nn.Module, loader: BatchLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """All logits (N, classes) and labels (N,) of a loader, on the CPU."""
+    was_training = model.training
+    model.eval()
+    outputs, labels = [], []
+    for x, y in loader:
+        outputs.append(model(x).float().cpu())  # (B, classes)
+        labels.append(y.cpu())
+    model.train(was_training)
+    if not outputs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+@dataclass
+class Evaluation:
+    """A model's results on one split; accuracies are fractions in [0, 1]."""
+
+    split: str
+    classes: list[str]
+    count: int
+    loss: float
+    accuracy: float
+    per_class_accuracy: list[float | None]  # None for a class with no images in the split
+    confusion: list[list[int]]  # confusion[true][predicted]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_model(
+    model: nn.Module,
+    split: Split,
+    classes: list[str],
+    mean: list[float],
+    std: list[float],
+    split_name: str = "test",
+    device: str | torch.device = "cpu",
+) -> Evaluation:
+    """Evaluate `model` on `split` normalized with (mean, std)."""
+    loader = BatchLoader(split, EVAL_BATCH, mean, std, device=device)
+    logits, labels = collect_logits(model, loader)
+    k = len(classes)
+    if len(labels) == 0:
+        return Evaluation(split_name, classes, 0, math.nan, math.nan, [None] * k, [[0] * k for _ in range(k)])
+    predicted = logits.argmax(1)
+    confusion = torch.bincount(labels * k + predicted, minlength=k * k).view(k, k)  # (true, predicted)
+    totals = confusion.sum(1)
+    per_class = [(confusion[i, i] / totals[i]).item() if totals[i] else None for i in range(k)]
+    return Evaluation(
+        split=split_name,
+        classes=list(classes),
+        count=len(labels),
+        loss=F.cross_entropy(logits, labels).item(),
+        accuracy=(predicted == labels).float().mean().item(),
+        per_class_accuracy=per_class,
+        confusion=confusion.tolist(),
+    )
+
+
+def load_run_data(run: Run, data_dir: str | Path | None = None, download: bool = False) -> ImageData:
+    """The dataset a run was trained on, read again the way the run read it."""
+    data = run.config["data"]
+    return load_dataset(
+        data["dataset"],
+        data_dir=data_dir if data_dir is not None else data.get("data_dir"),
+        download=download,
+        image_size=data.get("image_size"),
+        channels=data.get("channels"),
+        seed=run.config["train"]["seed"],
+        skip_bad_images=data.get("skip_bad_images", False),
+    )
+
+
+def evaluate(
+    run: str | Path | Run,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    device: str = "auto",
+) -> Evaluation:
+    """Evaluate a run's best weights on a split of its dataset ("test" unless told otherwise)."""
+    run = run if isinstance(run, Run) else open_run(run)
+    data = load_run_data(run, data_dir, download)
+    target = resolve_device(device)
+    model = run.build_model().to(target)
+    return evaluate_model(model, data.split(split), run.classes, run.mean, run.std, split, target)
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]]  # (class, probability), most likely first
+
+
+@torch.no_grad()
+def predict(
+    run: str | Path | Run,
+    paths: list[str | Path],
+    topk: int = 3,
+    invert: bool = False,
+    device: str = "auto",
+) -> list[Prediction]:
+    """Classify image files of any size and mode with a run's model.
+
+    Each image is converted as in training: alpha dropped, grayscale when the model takes one
+    channel, resized to the model's input size, scaled to [0, 1] and normalized. `invert`
+    turns dark-on-light images into the light-on-dark look of (Fashion-)MNIST.
+    """
+    run = run if isinstance(run, Run) else open_run(run)
+    if not paths:
+        raise UsageError("give at least one image file to predict")
+    target = resolve_device(device)
+    model = run.build_model().to(target)
+    c, h, w = run.input_shape
+    batch = torch.stack([images.load(p, channels=c, size=(h, w)) for p in paths])  # (N, C, H, W)
+    if invert:
+        batch = 1.0 - batch
+    mean = torch.tensor(run.mean).view(1, -1, 1, 1)
+    std = torch.tensor(run.std).view(1, -1, 1, 1)
+    probabilities = model(((batch - mean) / std).to(target)).float().softmax(1).cpu()  # (N, classes)
+    k = max(1, min(topk, len(run.classes)))
+    values, indices = probabilities.topk(k, dim=1)
+    return [
+        Prediction(str(p), [(run.classes[i], v) for v, i in zip(vs.tolist(), ix.tolist())])
+        for p, vs, ix in zip(paths, values, indices)
+    ]

@@ -1,0 +1,137 @@
+"""Training: it learns, it is reproducible, it keeps the best weights, it stops, resumes and fails clearly."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cnnlab
+from cnnlab.data import BatchLoader, load_dataset, train_val_split
+from cnnlab.errors import Interrupted, RunError, TrainingError, UsageError
+from cnnlab.evaluate import loss_and_accuracy
+from cnnlab.runs import HISTORY_FIELDS
+
+train_module = importlib.import_module("cnnlab.train")  # the module; cnnlab.train is the function
+
+
+def test_seed_cnn_learns_2000_fashion_mnist_images(trained_run):
+    """The session's trained run: seed-cnn, 2,000 sample images (1,800 train / 200 val), 3 epochs."""
+    assert trained_run.history[-1]["val_accuracy"] >= 0.80
+    assert trained_run.metrics["test_accuracy"] >= 0.78
+
+
+def test_run_folder_contract(trained_run):
+    path = trained_run.path
+    config = json.loads((path / "config.json").read_text())
+    assert config["model"] == "seed-cnn" and config["parameters"] == 716_706
+    assert config["data"]["input_shape"] == [1, 28, 28]
+    assert (config["data"]["train_images"], config["data"]["val_images"]) == (1800, 200)
+    assert config["train"]["lr"] == 1e-3 and config["train"]["batch_size"] == 32
+    with open(path / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == HISTORY_FIELDS and len(rows) == 3
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert 0 < metrics["test_accuracy"] <= 1
+    assert sum(map(sum, metrics["confusion"])) == metrics["count"] == 2000
+    diagonal = sum(metrics["confusion"][i][i] for i in range(10))
+    assert diagonal / 2000 == pytest.approx(metrics["test_accuracy"])
+    assert set(load_file(path / "model.safetensors")) == {"0.weight", "0.bias", "3.weight", "3.bias",
+                                                           "7.weight", "7.bias", "9.weight", "9.bias"}
+    state = torch.load(path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 3 and "optimizer" in state
+    assert not list(path.glob(".*tmp"))  # no temporary files left behind
+
+
+def test_best_weights_are_kept(tmp_path):
+    """model.safetensors holds the epoch with the lowest validation loss, not the last one."""
+    data = load_dataset("sample")
+    run = cnnlab.train("seed-mlp", data, subset=300, epochs=12, lr=3e-3, out=tmp_path / "r", verbose=False)
+    losses = [row["val_loss"] for row in run.history]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert run.metrics["best_epoch"] == best + 1
+    assert best + 1 < len(losses), "the run should overfit, so the best epoch is not the last"
+    fit, val = train_val_split(data.train.take(slice(0, 300)), 0.1, seed=0)
+    loss, _ = loss_and_accuracy(run.build_model(), BatchLoader(val, 100, run.mean, run.std))
+    assert loss == pytest.approx(losses[best], rel=1e-5)
+
+
+def test_early_stopping(tmp_path):
+    run = cnnlab.train("seed-mlp", "sample", subset=300, epochs=40, lr=3e-3, patience=2,
+                       out=tmp_path / "r", verbose=False)
+    assert len(run.history) == run.metrics["best_epoch"] + 2 < 40
+
+
+def test_same_seed_same_numbers(tmp_path):
+    kwargs = dict(subset=600, epochs=2, verbose=False)
+    a = cnnlab.train("small-cnn-28", "sample", seed=5, out=tmp_path / "a", **kwargs)
+    b = cnnlab.train("small-cnn-28", "sample", seed=5, out=tmp_path / "b", **kwargs)
+    c = cnnlab.train("small-cnn-28", "sample", seed=6, out=tmp_path / "c", **kwargs)
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(a.history) == strip(b.history)
+    assert strip(a.history) != strip(c.history)
+    wa, wb = load_file(a.path / "model.safetensors"), load_file(b.path / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_nan_loss_is_a_clear_error(tmp_path):
+    with pytest.raises(TrainingError, match=r"training diverged\. Lower the learning rate \(now --lr 1e\+12\)"):
+        cnnlab.train("seed-mlp", "sample", subset=500, epochs=2, optimizer="sgd", lr=1e12,
+                     out=tmp_path / "r", verbose=False)
+
+
+def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    kwargs = dict(subset=400, epochs=3, verbose=False)
+    whole = cnnlab.train("seed-cnn", "sample", out=tmp_path / "whole", **kwargs)
+
+    real_cross_entropy = train_module.F.cross_entropy
+    calls = {"n": 0}
+
+    def interrupt_in_epoch_2(*args, **kw):  # Ctrl-C during the second epoch (12 batches per epoch)
+        calls["n"] += 1
+        if calls["n"] == 16:
+            raise KeyboardInterrupt
+        return real_cross_entropy(*args, **kw)
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", interrupt_in_epoch_2)
+    with pytest.raises(Interrupted, match=r"interrupted in epoch 2; epochs 1-1 are saved .* --resume"):
+        cnnlab.train("seed-cnn", "sample", out=tmp_path / "cut", **kwargs)
+    monkeypatch.setattr(train_module.F, "cross_entropy", real_cross_entropy)
+    assert len(cnnlab.open_run(tmp_path / "cut").history) == 1
+
+    resumed = cnnlab.resume(tmp_path / "cut", verbose=False)
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(resumed.history) == strip(whole.history)
+    assert resumed.metrics["test_accuracy"] == whole.metrics["test_accuracy"]
+
+
+def test_existing_run_is_not_overwritten(trained_run):
+    with pytest.raises(RunError, match="already holds a run"):
+        cnnlab.train("seed-cnn", "sample", subset=100, epochs=1, out=trained_run.path, verbose=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs": 0}, "at least 1"),
+        ({"lr": -1.0}, "positive"),
+        ({"optimizer": "rmsprop"}, "unknown optimizer"),
+        ({"val_fraction": 1.0}, r"\[0, 1\)"),
+    ],
+)
+def test_bad_settings(tmp_path, kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        cnnlab.train("seed-mlp", "sample", out=tmp_path / "r", verbose=False, **kwargs)
+
+
+def test_sgd_and_no_normalization(tmp_path):
+    run = cnnlab.train("seed-mlp", "sample", subset=1000, epochs=1, optimizer="sgd", lr=0.05, normalize=False,
+                       out=tmp_path / "r", verbose=False)
+    assert run.mean == [0.0] and run.std == [1.0]
+    assert run.metrics["test_accuracy"] > 0.5
+    assert math.isclose(run.history[0]["lr"], 0.05)
