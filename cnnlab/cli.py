@@ -1,0 +1,235 @@
+"""The `cnnlab` command: each subcommand parses its flags and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _data_flags(p: argparse.ArgumentParser, dataset: bool = True) -> None:
+    if dataset:
+        p.add_argument("--dataset", default="sample", help="mnist, fashion-mnist, cifar10, patterns, sample "
+                       "(the default, shipped with cnnlab) or folder:PATH")
+    p.add_argument("--data-dir", help="folder holding the datasets (default: $CNNLAB_DATA, then ~/.cache/cnnlab)")
+    p.add_argument("--download", action="store_true", help="download mnist, fashion-mnist or cifar10 with "
+                   "torchvision if not found (needs internet)")
+    if dataset:
+        p.add_argument("--image-size", type=int, help="resize images to N x N (default: as they are)")
+        p.add_argument("--channels", type=int, choices=(1, 3), help="force grayscale (1) or RGB (3)")
+        p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable files of a folder")
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    from .train import Settings
+
+    d = Settings()
+    _data_flags(p)
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the training data (default {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step (default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer, help="default adam")
+    p.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default {d.momentum})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 penalty (default 0)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, split and order (default 0)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help=f"share of the training images held out for validation (default {d.val_fraction})")
+    p.add_argument("--subset", type=int, help="train on the first N training images only")
+    p.add_argument("--patience", type=int, help="stop after N epochs without a better validation loss")
+    p.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="only scale pixels to [0, 1], as the lectures do (default: also standardize)")
+    p.add_argument("--out", help="run folder (default runs/<model>-<dataset>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    _device_flag(p)
+    p.add_argument("--quiet", action="store_true", help="print nothing while training")
+
+
+def _device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+
+
+def _format_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("table", "markdown", "json"), default="table", help="output format")
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    keys = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "seed",
+            "val_fraction", "subset", "patience", "normalize")
+    return {k: getattr(args, k) for k in keys}
+
+
+def _data_kwargs(args: argparse.Namespace) -> dict:
+    return {"data_dir": args.data_dir, "download": args.download, "image_size": args.image_size,
+            "channels": args.channels}
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import resume, train
+
+    if args.resume:
+        resume(args.resume, epochs=args.epochs if args.epochs_given else None, device=args.device,
+               verbose=not args.quiet)
+        return
+    train(args.model, args.dataset, **_data_kwargs(args), skip_bad_images=args.skip_bad_images, out=args.out,
+          overwrite=args.overwrite, device=args.device, verbose=not args.quiet, **_settings(args))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from . import formatting
+    from .evaluate import evaluate
+
+    ev = evaluate(args.run, split=args.split, data_dir=args.data_dir, download=args.download, device=args.device)
+    print(formatting.evaluation(ev, args.format))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from . import formatting
+    from .evaluate import predict
+
+    preds = predict(args.run, args.images, topk=args.top_k, invert=args.invert, device=args.device)
+    print(formatting.predictions(preds, args.format))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from . import formatting
+    from .compare import compare
+
+    comp = compare(args.models, args.dataset, **_data_kwargs(args), out=args.out, overwrite=args.overwrite,
+                   device=args.device, verbose=not args.quiet, **_settings(args))
+    print(formatting.comparison(comp, args.format))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from . import formatting
+    from .compare import DEMO_SETTINGS, demo
+
+    print(f"cnnlab demo: lecture 001's MLP vs CNN on the Fashion-MNIST sample shipped with cnnlab "
+          f"(Adam, lr {DEMO_SETTINGS['lr']:g}, batch {DEMO_SETTINGS['batch_size']}, {DEMO_SETTINGS['epochs']} epochs)\n")
+    comp = demo(args.out, device=args.device)
+    print(formatting.comparison(comp))
+    cnn = Path(comp.out) / "seed-cnn"
+    print(
+        f"\nRun folders: {comp.out}/seed-mlp and {cnn} (config.json, history.csv, metrics.json, "
+        "model.safetensors)\n\nTry next:\n"
+        f"  cnnlab evaluate {cnn}                      per-class accuracy and confusion matrix\n"
+        f"  cnnlab predict {cnn} YOUR_IMAGE.png        classify your own picture (--invert for dark on light)\n"
+        "  cnnlab compare seed-mlp seed-cnn --dataset fashion-mnist --data-dir DIR   the full dataset\n"
+        "  cnnlab train --model small-cnn-28 --dataset sample --epochs 5 --lr 3e-3   a batch-normalized CNN\n"
+        "  cnnlab models                                       every registered network"
+    )
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from . import formatting
+    from .models import get_model, list_models, model_info
+
+    rows = []
+    for name in list_models():
+        info = model_info(name)
+        counts = {}
+        for key, shape in (("params_1x28x28", (1, 28, 28)), ("params_3x32x32", (3, 32, 32))):
+            counts[key] = sum(p.numel() for p in get_model(name, shape, 10).parameters())
+        rows.append({"model": name, "source": info.source, **counts, "description": info.description})
+    if args.format == "json":
+        print(formatting.to_json(rows))
+        return
+    columns = [("model", "model", formatting.plain), ("source", "from", formatting.plain),
+               ("params_1x28x28", "params 1x28x28", formatting.integer),
+               ("params_3x32x32", "params 3x32x32", formatting.integer),
+               ("description", "description", formatting.plain)]
+    print(formatting.table(rows, columns, args.format, title="registered models (10 classes)"))
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from . import formatting
+    from .data.sources import DATASETS, data_roots, locate
+
+    rows = [{"dataset": name, "found": locate(name, args.data_dir) or ("-" if ":" in name else "not found"),
+             "description": text} for name, text in DATASETS.items()]
+    if args.format == "json":
+        print(formatting.to_json(rows))
+        return
+    columns = [("dataset", "dataset", formatting.plain), ("found", "found at", formatting.plain),
+               ("description", "description", formatting.plain)]
+    print(formatting.table(rows, columns, args.format))
+    print("\nsearched: " + ", ".join(str(p) for p in data_roots(args.data_dir)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab", description="A workbench for convolutional neural networks: train, evaluate, compare.",
+    )
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("demo", "lecture 001's MLP vs CNN on the shipped Fashion-MNIST sample (under 2 minutes)", cmd_demo)
+    p.add_argument("--out", default="runs/demo", help="where the two run folders go (default runs/demo)")
+    _device_flag(p)
+
+    p = command("train", "train a model and write a run folder", cmd_train)
+    p.add_argument("--model", default="seed-cnn", help="a registered model name (see `cnnlab models`)")
+    _train_flags(p)
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last epoch")
+
+    p = command("evaluate", "test accuracy, per-class accuracy and confusion matrix of a run", cmd_evaluate)
+    p.add_argument("run", help="run folder")
+    p.add_argument("--split", default="test", help="test (default), train, or an extra split (test-shifted)")
+    _data_flags(p, dataset=False)
+    _device_flag(p)
+    _format_flag(p)
+
+    p = command("predict", "classify image files with a run's model (top-k with probabilities)", cmd_predict)
+    p.add_argument("run", help="run folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, ... of any size and mode")
+    p.add_argument("--top-k", type=int, default=3, help="how many classes to show (default 3)")
+    p.add_argument("--invert", action="store_true", help="invert dark-on-light images (MNIST-style data)")
+    _device_flag(p)
+    _format_flag(p)
+
+    p = command("compare", "train several models with the same settings and compare them", cmd_compare)
+    p.add_argument("models", nargs="+", metavar="MODEL", help="registered model names, e.g. seed-mlp seed-cnn")
+    _train_flags(p)
+    _format_flag(p)
+
+    p = command("models", "list the registered models with their parameter counts", cmd_models)
+    _format_flag(p)
+
+    p = command("datasets", "list the datasets and where cnnlab finds their files", cmd_datasets)
+    _data_flags(p, dataset=False)
+    _format_flag(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.epochs_given = "--epochs" in argv or any(a.startswith("--epochs=") for a in argv)
+    from .errors import Error, Interrupted
+
+    try:
+        args.func(args)
+    except Interrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Error as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0

@@ -1,0 +1,87 @@
+"""The command line: help, each command's output, and errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab.cli import build_parser, main
+
+COMMANDS = ["demo", "train", "evaluate", "predict", "compare", "models", "datasets"]
+
+
+@pytest.mark.parametrize("launcher", [[str(Path(sys.executable).parent / "cnnlab")], [sys.executable, "-m", "cnnlab"]])
+def test_help_lists_every_command(launcher):
+    result = subprocess.run([*launcher, "--help"], capture_output=True, text=True, check=True)
+    for command in COMMANDS:
+        assert f"\n    {command} " in result.stdout, command
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    assert sorted(subcommands) == sorted(COMMANDS)
+
+
+def test_error_exits_2_without_traceback(capsys):
+    assert main(["train", "--model", "nope", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown model 'nope'") and "Traceback" not in err
+
+
+def test_missing_dataset_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--quiet"]) == 2
+    assert "mnist was not found" in capsys.readouterr().err
+
+
+def test_debug_shows_traceback(capsys):
+    assert main(["--debug", "evaluate", "/nonexistent/run"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_train_evaluate_predict(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "seed-mlp", "--subset", "1000", "--epochs", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "seed-mlp on sample: 795,010 parameters, 900 training / 100 validation images" in printed
+    assert "test accuracy" in printed
+    assert (out / "model.safetensors").exists()
+
+    assert main(["evaluate", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("test accuracy: ") and "Ankle boot" in printed and "confusion matrix" in printed
+
+    assert main(["evaluate", str(out), "--format", "json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["count"] == 2000 and len(ev["confusion"]) == 10
+
+    image = tmp_path / "shoe.png"
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(image)
+    assert main(["predict", str(out), str(image), "--top-k", "2", "--format", "json"]) == 0
+    (pred,) = json.loads(capsys.readouterr().out)
+    assert pred["path"] == str(image) and len(pred["top"]) == 2
+
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--quiet"]) == 0
+    assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+
+
+def test_compare_markdown(tmp_path, capsys):
+    args = ["compare", "seed-mlp", "largenet", "--dataset", "patterns", "--subset", "600", "--epochs", "1",
+            "--out", str(tmp_path), "--quiet", "--format", "markdown"]
+    assert main(args) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[2] == "| model | parameters | train time | epochs | best epoch | val acc | test acc | test-shifted acc |"
+    assert table[4].startswith("| seed-mlp | 2,355,002 |") and table[5].startswith("| largenet | 6,858 |")
+
+
+def test_models_and_datasets(capsys, monkeypatch, tmp_path):
+    assert main(["models", "--format", "json"]) == 0
+    rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["seed-cnn"]["params_1x28x28"] == 716_706 and rows["seed-mlp"]["source"] == "lecture 001"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert main(["datasets", "--data-dir", str(tmp_path), "--format", "json"]) == 0
+    found = {row["dataset"]: row["found"] for row in json.loads(capsys.readouterr().out)}
+    assert found["sample"] == "shipped with cnnlab" and found["mnist"] == "not found"
