@@ -165,3 +165,43 @@ def test_adapt_resizes_and_converts_channels():
     small = adapt(data, image_size=32, channels=3)
     assert small.train.x.shape == (8000, 3, 32, 32)
     assert torch.equal(small.train.x[:, 0], small.train.x[:, 2])
+
+
+def test_download_goes_through_torchvision_into_the_cache(tmp_path, monkeypatch):
+    """--download asks torchvision for the files, then reads them with cnnlab's own IDX reader.
+
+    The network is not reachable here, so torchvision's class is replaced by one that writes the
+    files where torchvision puts them (ROOT/FashionMNIST/raw).
+    """
+    import torchvision.datasets
+
+    asked = []
+
+    class FakeFashionMNIST:
+        def __init__(self, root, train, download):
+            asked.append((root, train, download))
+            raw = tmp_path / "cache" / "cnnlab" / "FashionMNIST" / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            prefix = "train" if train else "t10k"
+            write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", np.zeros((3, 28, 28), np.uint8))
+            write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.array([1, 2, 3], np.uint8))
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeFashionMNIST)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CNNLAB_DATA", raising=False)
+    data = load_dataset("fashion-mnist", download=True)
+    assert asked == [(str(tmp_path / "cache" / "cnnlab"), True, True), (str(tmp_path / "cache" / "cnnlab"), False, True)]
+    assert data.train.y.tolist() == [1, 2, 3]
+
+
+def test_failed_download_is_explained(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("CNNLAB_DATA", raising=False)
+    with pytest.raises(DataError, match=r"downloading mnist into .* failed \(network is unreachable\)"):
+        load_dataset("mnist", download=True)
