@@ -115,15 +115,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
     comp = demo(args.out, device=args.device)
     print(formatting.comparison(comp))
     cnn = Path(comp.out) / "seed-cnn"
-    print(
-        f"\nRun folders: {comp.out}/seed-mlp and {cnn} (config.json, history.csv, metrics.json, "
-        "model.safetensors)\n\nTry next:\n"
-        f"  cnnlab evaluate {cnn}                      per-class accuracy and confusion matrix\n"
-        f"  cnnlab predict {cnn} YOUR_IMAGE.png        classify your own picture (--invert for dark on light)\n"
-        "  cnnlab compare seed-mlp seed-cnn --dataset fashion-mnist --data-dir DIR   the full dataset\n"
-        "  cnnlab train --model small-cnn-28 --dataset sample --epochs 5 --lr 3e-3   a batch-normalized CNN\n"
-        "  cnnlab models                                       every registered network"
-    )
+    tips = [
+        (f"cnnlab evaluate {cnn}", "per-class accuracy and confusion matrix"),
+        (f"cnnlab predict {cnn} YOUR_IMAGE.png", "classify a picture of yours (--invert if dark on light)"),
+        ("cnnlab compare seed-mlp seed-cnn --dataset fashion-mnist --data-dir DIR", "the full dataset"),
+        ("cnnlab train --model small-cnn-28", "a batch-normalized CNN with 1/8 of the weights"),
+        ("cnnlab models", "every registered network"),
+    ]
+    width = max(len(command) for command, _ in tips)
+    print(f"\nRun folders: {comp.out}/seed-mlp and {cnn} "
+          "(config.json, history.csv, metrics.json, model.safetensors)\n\nTry next:")
+    for command, what in tips:
+        print(f"  {command:<{width}}   # {what}")
 
 
 def cmd_models(args: argparse.Namespace) -> None:

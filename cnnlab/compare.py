@@ -39,7 +39,9 @@ class Comparison:
                 "train_seconds": m.get("train_seconds"),
                 "epochs": m.get("epochs_run"),
                 "best_epoch": m.get("best_epoch"),
-                "val_accuracy": max((r.get("val_accuracy", 0.0) for r in run.history), default=None),
+                "val_accuracy": next(
+                    (r.get("val_accuracy") for r in run.history if r["epoch"] == m.get("best_epoch")), None
+                ),
                 "test_accuracy": m.get("test_accuracy"),
                 **{f"{name}_accuracy": acc for name, acc in m.get("extra_accuracy", {}).items()},
                 "run": str(run.path),

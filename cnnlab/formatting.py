@@ -38,6 +38,9 @@ def plain(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+NUMERIC = (percent, integer, seconds)  # right-aligned columns
+
+
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[Column], fmt: str = "table", title: str = "") -> str:
     """Render rows as a rich terminal table or a markdown table."""
     cells = [[f(row.get(key)) for key, _, f in columns] for row in rows]
@@ -45,12 +48,12 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[Column], fmt: str = 
     if fmt == "markdown":
         lines = [f"**{title}**", ""] if title else []
         lines.append("| " + " | ".join(headers) + " |")
-        lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|")
+        lines.append("|" + "|".join("---:" if f in NUMERIC else "---" for _, _, f in columns) + "|")
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
         return "\n".join(lines)
     t = Table(title=title or None, box=box.SIMPLE_HEAVY, title_justify="left")
-    for i, header in enumerate(headers):
-        t.add_column(header, justify="left" if i == 0 else "right")
+    for header, (_, _, f) in zip(headers, columns):
+        t.add_column(header, justify="right" if f in NUMERIC else "left")
     for row in cells:
         t.add_row(*row)
     console = Console(file=io.StringIO(), width=200, highlight=False)
@@ -89,7 +92,7 @@ def evaluation(ev: Evaluation, fmt: str = "table") -> str:
         [("class", "class", plain), ("images", "images", integer), ("accuracy", "accuracy", percent)],
         fmt, title="per class",
     )
-    short = [c[:10] for c in ev.classes]
+    short = [c[:11] for c in ev.classes]
     confusion = table(
         [{"true": short[i], **{str(j): n for j, n in enumerate(row)}} for i, row in enumerate(ev.confusion)],
         [("true", "true \\ predicted", plain), *[(str(j), short[j], integer) for j in range(len(short))]],

@@ -293,6 +293,6 @@ def _finish(
     shifted = "".join(f", {name} {acc:.2%}" for name, acc in extra.items())
     console.print(
         f"test accuracy {test.accuracy:.2%} (best epoch {best_epoch}, {metrics['train_seconds']:.1f} s of "
-        f"training{shifted}); results in {out}"
+        f"training{shifted}); results in {out}\n"
     )
     return open_run(out)
