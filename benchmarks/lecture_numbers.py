@@ -43,8 +43,8 @@ def fashion_mnist(data: str, out: str) -> str:
         f"Machine: {machine()}.\n"
         "Settings: the lectures' own (Adam, lr 1e-3, batch 32, 5 epochs, pixels / 255 without standardizing); "
         "10% of the 60,000 training images held out for validation, the best-validation-loss epoch's weights "
-        "evaluated once on the 10,000 test images. Lecture 001 reports MLP 88.1% (43.6 s) and CNN 91.2% (53 s, "
-        "on a GPU). Command: `python benchmarks/lecture_numbers.py --write`.\n\n"
+        "evaluated once on the 10,000 test images. Lecture 001 reports MLP 88.1% (43.6 s of training) and CNN 91.2% "
+        "(53 s) on its own machine. Command: `python benchmarks/lecture_numbers.py --write`.\n\n"
         + formatting.table(rows, columns, "markdown")
     )
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import __version__
-from .data import BatchLoader, ImageData, channel_stats, load_dataset, train_val_split
+from .data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
 from .errors import Interrupted, RunError, TrainingError, UsageError
 from .evaluate import evaluate_model, load_run_data, loss_and_accuracy, resolve_device
 from .models import get_model
@@ -60,6 +60,17 @@ class Settings:
             raise UsageError("--subset must be at least 2 images")
         if self.patience is not None and self.patience < 1:
             raise UsageError("--patience must be at least 1 epoch")
+
+
+def settings_of(config: dict[str, Any]) -> Settings:
+    """The Settings stored in a run's config.json."""
+    return Settings(**{k: v for k, v in config["train"].items() if k != "device"})
+
+
+def split_for_training(dataset: ImageData, s: Settings) -> tuple[Split, Split]:
+    """(fit, validation): the first `subset` training images, less a seeded validation share."""
+    train_split = dataset.train.take(slice(0, s.subset)) if s.subset else dataset.train
+    return train_val_split(train_split, s.val_fraction, s.seed)
 
 
 def make_optimizer(model: torch.nn.Module, s: Settings) -> torch.optim.Optimizer:
@@ -110,8 +121,7 @@ def train(
     if (out / "config.json").exists() and not overwrite:
         raise RunError(f"{out} already holds a run; resume it with --resume {out}, or choose another --out")
 
-    train_split = dataset.train.take(slice(0, s.subset)) if s.subset else dataset.train
-    fit, val = train_val_split(train_split, s.val_fraction, s.seed)
+    fit, val = split_for_training(dataset, s)
     mean, std = channel_stats(fit.x) if s.normalize else ([0.0] * fit.x.shape[1], [1.0] * fit.x.shape[1])
     torch.manual_seed(s.seed)
     net = get_model(model, dataset.input_shape, dataset.num_classes)
@@ -125,7 +135,8 @@ def train(
         "data": {
             "dataset": dataset.name, "source": dataset.source, "classes": dataset.classes,
             "input_shape": list(dataset.input_shape), "mean": mean, "std": std,
-            "data_dir": str(data_dir) if data_dir is not None else None, "image_size": image_size,
+            "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None,
+            "image_size": image_size,
             "channels": channels, "skip_bad_images": skip_bad_images,
             "train_images": len(fit), "val_images": len(val), "test_images": len(dataset.test),
         },
@@ -147,10 +158,8 @@ def resume(run: str | Path, epochs: int | None = None, device: str = "auto", ver
     config = previous.config
     if epochs is not None:
         config["train"]["epochs"] = epochs
-    s = Settings(**{k: v for k, v in config["train"].items() if k != "device"})
     dataset = load_run_data(previous)
-    train_split = dataset.train.take(slice(0, s.subset)) if s.subset else dataset.train
-    fit, val = train_val_split(train_split, s.val_fraction, s.seed)
+    fit, val = split_for_training(dataset, settings_of(config))
     net = get_model(config["model"], tuple(config["data"]["input_shape"]), len(config["data"]["classes"]))
     write_json(previous.path / "config.json", config)
     state["history"] = previous.history
@@ -160,8 +169,8 @@ def resume(run: str | Path, epochs: int | None = None, device: str = "auto", ver
 def _fit(
     net: torch.nn.Module,
     dataset: ImageData,
-    fit: Any,
-    val: Any,
+    fit: Split,
+    val: Split,
     config: dict[str, Any],
     out: Path,
     device: torch.device,
@@ -169,7 +178,7 @@ def _fit(
     verbose: bool,
 ) -> Run:
     """The training loop proper, from scratch (state None) or from a checkpoint's state."""
-    s = Settings(**{k: v for k, v in config["train"].items() if k != "device"})
+    s = settings_of(config)
     mean, std = config["data"]["mean"], config["data"]["std"]
     net.to(device)
     optimizer = make_optimizer(net, s)

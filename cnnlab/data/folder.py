@@ -118,7 +118,7 @@ def load_folder(
     image's size. channels: 1 or 3 to force grayscale or RGB; None is 1 only if every image is
     grayscale. test_fraction and seed split the images when there is no train/ and test/.
     """
-    root = Path(path).expanduser()
+    root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"folder dataset {root} does not exist or is not a folder")
     if (root / "train").is_dir():
