@@ -32,7 +32,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
     d = Settings()
     _data_flags(p)
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the training data (default {d.epochs})")
+    p.add_argument("--epochs", type=int, help=f"passes over the training data (default {d.epochs}; with "
+                   "--resume: train on up to this many)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer, help="default adam")
@@ -62,7 +63,7 @@ def _format_flag(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> dict:
     keys = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "seed",
             "val_fraction", "subset", "patience", "normalize")
-    return {k: getattr(args, k) for k in keys}
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}  # None: Settings' default
 
 
 def _data_kwargs(args: argparse.Namespace) -> dict:
@@ -74,8 +75,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train import resume, train
 
     if args.resume:
-        resume(args.resume, epochs=args.epochs if args.epochs_given else None, device=args.device,
-               verbose=not args.quiet)
+        resume(args.resume, epochs=args.epochs, device=args.device, verbose=not args.quiet)
         return
     train(args.model, args.dataset, **_data_kwargs(args), skip_bad_images=args.skip_bad_images, out=args.out,
           overwrite=args.overwrite, device=args.device, verbose=not args.quiet, **_settings(args))
@@ -217,9 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.epochs_given = "--epochs" in argv or any(a.startswith("--epochs=") for a in argv)
     from .errors import Error, Interrupted
 
     try:

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import __version__
 from .data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
 from .errors import Interrupted, RunError, TrainingError, UsageError
-from .evaluate import evaluate_model, load_run_data, loss_and_accuracy, resolve_device
+from .evaluate import EVAL_BATCH, evaluate_model, load_run_data, loss_and_accuracy, resolve_device
 from .models import get_model
 from .runs import (
     FORMAT_VERSION, Run, load_checkpoint, open_run, save_checkpoint, save_weights, write_history, write_json,
@@ -183,7 +183,7 @@ def _fit(
     net.to(device)
     optimizer = make_optimizer(net, s)
     train_loader = BatchLoader(fit, s.batch_size, mean, std, shuffle=True, seed=s.seed, device=device)
-    val_loader = BatchLoader(val, 500, mean, std, device=device)
+    val_loader = BatchLoader(val, EVAL_BATCH, mean, std, device=device)
     history: list[dict[str, float]] = []
     best_val, best_epoch, bad_epochs, start = math.inf, 0, 0, 0
     if state is not None:

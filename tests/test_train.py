@@ -135,3 +135,10 @@ def test_sgd_and_no_normalization(tmp_path):
     assert run.mean == [0.0] and run.std == [1.0]
     assert run.metrics["test_accuracy"] > 0.5
     assert math.isclose(run.history[0]["lr"], 0.05)
+
+
+def test_without_validation_the_last_epoch_is_kept(tmp_path):
+    run = cnnlab.train("seed-mlp", "sample", subset=500, epochs=3, val_fraction=0.0, out=tmp_path / "r", verbose=False)
+    assert run.config["data"]["val_images"] == 0
+    assert run.metrics["best_epoch"] == 3
+    assert all(math.isnan(row["val_loss"]) for row in run.history)

@@ -70,7 +70,7 @@ def _decode_all(
             return str(exc)
 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
-        results = list(pool.map(decode, files, chunksize=64))
+        results = list(pool.map(decode, files))
     errors = [r for r in results if isinstance(r, str)]
     if errors and not skip_bad:
         shown = "\n  ".join(errors[:10])

@@ -76,7 +76,7 @@ def _find_idx_folder(name: str, roots: list[Path]) -> tuple[Path | None, list[Pa
     looked = []
     for root in roots:
         for sub in _IDX_FOLDERS[name]:
-            folder = (root / sub).resolve() if sub == "." else root / sub
+            folder = root if sub == "." else root / sub
             looked.append(folder)
             if _idx_path(folder, "train-images-idx3-ubyte").exists():
                 return folder, looked
