@@ -68,7 +68,7 @@ def _settings(args: argparse.Namespace) -> dict:
 
 def _data_kwargs(args: argparse.Namespace) -> dict:
     return {"data_dir": args.data_dir, "download": args.download, "image_size": args.image_size,
-            "channels": args.channels}
+            "channels": args.channels, "skip_bad_images": args.skip_bad_images}
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -77,15 +77,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         resume(args.resume, epochs=args.epochs, device=args.device, verbose=not args.quiet)
         return
-    train(args.model, args.dataset, **_data_kwargs(args), skip_bad_images=args.skip_bad_images, out=args.out,
-          overwrite=args.overwrite, device=args.device, verbose=not args.quiet, **_settings(args))
+    train(args.model, args.dataset, **_data_kwargs(args), out=args.out, overwrite=args.overwrite,
+          device=args.device, verbose=not args.quiet, **_settings(args))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from . import formatting
     from .evaluate import evaluate
 
-    ev = evaluate(args.run, split=args.split, data_dir=args.data_dir, download=args.download, device=args.device)
+    ev = evaluate(args.run, split=args.split, data_dir=args.data_dir, download=args.download, device=args.device,
+                  dataset=args.dataset)
     print(formatting.evaluation(ev, args.format))
 
 
@@ -185,11 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", "train a model and write a run folder", cmd_train)
     p.add_argument("--model", default="seed-cnn", help="a registered model name (see `cnnlab models`)")
     _train_flags(p)
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last epoch")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last epoch, with "
+                   "the run's own settings (only --epochs, --device and --quiet apply)")
 
     p = command("evaluate", "test accuracy, per-class accuracy and confusion matrix of a run", cmd_evaluate)
     p.add_argument("run", help="run folder")
     p.add_argument("--split", default="test", help="test (default), train, or an extra split (test-shifted)")
+    p.add_argument("--dataset", help="read this dataset instead of the run's own, e.g. folder:NEW_PLACE")
     _data_flags(p, dataset=False)
     _device_flag(p)
     _format_flag(p)
@@ -233,4 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `cnnlab evaluate RUN | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
     return 0

@@ -57,6 +57,7 @@ def compare(
     download: bool = False,
     image_size: int | None = None,
     channels: int | None = None,
+    skip_bad_images: bool = False,
     out: str | Path | None = None,
     overwrite: bool = False,
     device: str = "auto",
@@ -68,14 +69,17 @@ def compare(
         raise UsageError("name at least one model to compare")
     if len(set(models)) != len(models):
         raise UsageError("each model can appear only once in a comparison")
-    seed = Settings(**settings).seed
-    data = load_dataset(dataset, data_dir=data_dir, download=download, image_size=image_size, channels=channels, seed=seed)
+    Settings(**settings).check()  # before loading data, which may take a while
+    data = load_dataset(
+        dataset, data_dir=data_dir, download=download, image_size=image_size, channels=channels,
+        skip_bad_images=skip_bad_images,
+    )
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in data.name.split("/")[-1])
     out = Path(out) if out is not None else Path("runs") / f"compare-{safe}-{datetime.now():%Y%m%d-%H%M%S}"
     runs = [
         train(
             model, data, data_dir=data_dir, image_size=image_size, channels=channels,
-            out=out / model, overwrite=overwrite, device=device, verbose=verbose, **settings,
+            skip_bad_images=skip_bad_images, out=out / model, overwrite=overwrite, device=device, verbose=verbose, **settings,
         )
         for model in models
     ]

@@ -13,22 +13,23 @@ from torch import nn
 
 from . import images
 from .data import BatchLoader, ImageData, Split, load_dataset
-from .errors import UsageError
+from .errors import RunError, UsageError
 from .runs import Run, open_run
 
 EVAL_BATCH = 500
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; otherwise the named device."""
+    """"auto" -> cuda when available, else cpu; otherwise the named device, if it is there."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
         raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+    if not available.get(resolved.type, False):
+        raise UsageError(f"--device {device} was asked for but PyTorch cannot use it here; use --device cpu")
     return resolved
 
 
@@ -102,18 +103,27 @@ def evaluate_model(
     )
 
 
-def load_run_data(run: Run, data_dir: str | Path | None = None, download: bool = False) -> ImageData:
-    """The dataset a run was trained on, read again the way the run read it."""
+def load_run_data(
+    run: Run, data_dir: str | Path | None = None, download: bool = False, dataset: str | None = None
+) -> ImageData:
+    """The dataset a run was trained on, read again as the run read it (or `dataset` instead,
+    e.g. the folder's new place), and checked to still fit the run's model."""
     data = run.config["data"]
-    return load_dataset(
-        data["dataset"],
+    c, h, w = run.input_shape
+    loaded = load_dataset(
+        dataset or data["dataset"],
         data_dir=data_dir if data_dir is not None else data.get("data_dir"),
         download=download,
-        image_size=data.get("image_size"),
-        channels=data.get("channels"),
-        seed=run.config["train"]["seed"],
+        image_size=(h, w),
+        channels=c,
         skip_bad_images=data.get("skip_bad_images", False),
     )
+    if loaded.classes != run.classes:
+        raise RunError(
+            f"{loaded.name} now has the classes {', '.join(loaded.classes)}, but the run was trained on "
+            f"{', '.join(run.classes)}; restore the data as it was, or train a new run"
+        )
+    return loaded
 
 
 def evaluate(
@@ -122,10 +132,14 @@ def evaluate(
     data_dir: str | Path | None = None,
     download: bool = False,
     device: str = "auto",
+    dataset: str | None = None,
 ) -> Evaluation:
-    """Evaluate a run's best weights on a split of its dataset ("test" unless told otherwise)."""
+    """Evaluate a run's best weights on a split of its dataset ("test" unless told otherwise).
+
+    dataset: another reference to read instead of the run's own (same classes), e.g. a moved folder.
+    """
     run = run if isinstance(run, Run) else open_run(run)
-    data = load_run_data(run, data_dir, download)
+    data = load_run_data(run, data_dir, download, dataset)
     target = resolve_device(device)
     model = run.build_model().to(target)
     return evaluate_model(model, data.split(split), run.classes, run.mean, run.std, split, target)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -51,8 +52,19 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def _no_nan(obj: Any) -> Any:
+    """NaN and infinities -> None, so that the file is valid JSON (json.dumps writes bare NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_nan(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    write_text(path, json.dumps(_no_nan(obj), indent=2, allow_nan=False) + "\n")
 
 
 def write_history(path: str | Path, rows: list[dict[str, float]]) -> None:
@@ -82,11 +94,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise RunError(f"{path} is missing") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from exc
+    if not isinstance(value, dict):
+        raise RunError(f"{path} does not hold a JSON object; the run folder is damaged")
+    return value
 
 
 @dataclass
@@ -133,10 +148,13 @@ class Run:
 def read_history(path: Path) -> list[dict[str, float]]:
     if not path.exists():
         return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
-    for row in rows:
-        row["epoch"] = int(row["epoch"])
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        for row in rows:
+            row["epoch"] = int(row["epoch"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is damaged ({exc}); it should be the per-epoch table cnnlab writes") from exc
     return rows
 
 

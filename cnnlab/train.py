@@ -60,6 +60,12 @@ class Settings:
             raise UsageError("--subset must be at least 2 images")
         if self.patience is not None and self.patience < 1:
             raise UsageError("--patience must be at least 1 epoch")
+        if self.patience is not None and self.val_fraction == 0:
+            raise UsageError("--patience needs a validation split to watch; keep --val-fraction above 0")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise UsageError("--momentum and --weight-decay cannot be negative")
+        if not 0 <= self.seed < 2**63:
+            raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
 
 
 def settings_of(config: dict[str, Any]) -> Settings:
@@ -112,14 +118,20 @@ def train(
     """
     s = Settings(**settings)
     s.check()
+    target = resolve_device(device)
     if isinstance(dataset, str):
         dataset = load_dataset(
             dataset, data_dir=data_dir, download=download, image_size=image_size,
-            channels=channels, seed=s.seed, skip_bad_images=skip_bad_images,
+            channels=channels, skip_bad_images=skip_bad_images,
         )
     out = Path(out) if out is not None else default_out(model, dataset.name)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; a run needs a folder")
     if (out / "config.json").exists() and not overwrite:
-        raise RunError(f"{out} already holds a run; resume it with --resume {out}, or choose another --out")
+        raise RunError(
+            f"{out} already holds a run; continue it with --resume {out}, replace it with --overwrite, "
+            "or choose another --out"
+        )
 
     fit, val = split_for_training(dataset, s)
     mean, std = channel_stats(fit.x) if s.normalize else ([0.0] * fit.x.shape[1], [1.0] * fit.x.shape[1])
@@ -142,11 +154,14 @@ def train(
         },
         "train": {**vars(s), "device": device},
     }
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot make the run folder {out}: {exc.strerror or exc}") from exc
     for stale in ("metrics.json", "history.csv", "model.safetensors", "checkpoint.pt"):
         (out / stale).unlink(missing_ok=True)  # an overwritten run must not mix with the old one
     write_json(out / "config.json", config)
-    return _fit(net, dataset, fit, val, config, out, resolve_device(device), state=None, verbose=verbose)
+    return _fit(net, dataset, fit, val, config, out, target, state=None, verbose=verbose)
 
 
 def resume(run: str | Path, epochs: int | None = None, device: str = "auto", verbose: bool = True) -> Run:
@@ -154,15 +169,20 @@ def resume(run: str | Path, epochs: int | None = None, device: str = "auto", ver
     previous = open_run(run)
     state = load_checkpoint(previous.path / "checkpoint.pt") if (previous.path / "checkpoint.pt").exists() else None
     if state is None:
-        raise RunError(f"{previous.path} has no checkpoint.pt: it did not complete an epoch; train it again")
+        raise RunError(
+            f"{previous.path} has no checkpoint.pt: it did not complete an epoch. Start it again with "
+            f"the same command and --overwrite"
+        )
     config = previous.config
     if epochs is not None:
+        if epochs < max(1, state["epoch"]):
+            raise UsageError(f"--epochs {epochs} is fewer than the {state['epoch']} epochs this run has done")
         config["train"]["epochs"] = epochs
     dataset = load_run_data(previous)
     fit, val = split_for_training(dataset, settings_of(config))
     net = get_model(config["model"], tuple(config["data"]["input_shape"]), len(config["data"]["classes"]))
     write_json(previous.path / "config.json", config)
-    state["history"] = previous.history
+    state["history"] = previous.history[: state["epoch"]]  # a row written after the checkpoint is redone
     return _fit(net, dataset, fit, val, config, previous.path, resolve_device(device), state, verbose)
 
 
@@ -243,7 +263,7 @@ def _fit(
                 history.append(row)
                 progress.remove_task(task)
                 # Keep the weights with the lowest validation loss; without a validation split, the last.
-                improved = math.isnan(val_loss) or val_loss < best_val
+                improved = len(val) == 0 or val_loss < best_val
                 if improved:
                     best_val, best_epoch, bad_epochs = val_loss, epoch + 1, 0
                     save_weights(net, out / "model.safetensors")
@@ -267,9 +287,13 @@ def _fit(
                     console.print(f"early stop: no better validation loss for {s.patience} epochs")
                     break
     except KeyboardInterrupt:
-        done = f"epochs 1-{epoch} are saved" if epoch > 0 else "no epoch was completed"
+        if epoch == 0:
+            raise Interrupted(
+                f"training was interrupted in its first epoch, before anything was saved in {out}; "
+                "start it again with the same command and --overwrite"
+            ) from None
         raise Interrupted(
-            f"training was interrupted in epoch {epoch + 1}; {done} in {out}. "
+            f"training was interrupted in epoch {epoch + 1}; epochs 1-{epoch} are saved in {out}. "
             f"Continue with: cnnlab train --resume {out}"
         ) from None
 

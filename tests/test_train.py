@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import cnnlab
@@ -122,6 +123,9 @@ def test_existing_run_is_not_overwritten(trained_run):
         ({"lr": -1.0}, "positive"),
         ({"optimizer": "rmsprop"}, "unknown optimizer"),
         ({"val_fraction": 1.0}, r"\[0, 1\)"),
+        ({"momentum": -0.5}, "cannot be negative"),
+        ({"patience": 2, "val_fraction": 0.0}, "needs a validation split"),
+        ({"seed": 2**64}, "--seed must be"),
     ],
 )
 def test_bad_settings(tmp_path, kwargs, message):
@@ -134,7 +138,6 @@ def test_sgd_and_no_normalization(tmp_path):
                        out=tmp_path / "r", verbose=False)
     assert run.mean == [0.0] and run.std == [1.0]
     assert run.metrics["test_accuracy"] > 0.5
-    assert math.isclose(run.history[0]["lr"], 0.05)
 
 
 def test_without_validation_the_last_epoch_is_kept(tmp_path):
@@ -142,3 +145,38 @@ def test_without_validation_the_last_epoch_is_kept(tmp_path):
     assert run.config["data"]["val_images"] == 0
     assert run.metrics["best_epoch"] == 3
     assert all(math.isnan(row["val_loss"]) for row in run.history)
+
+
+def test_resume_checks_epochs(trained_run):
+    with pytest.raises(UsageError, match="--epochs 2 is fewer than the 3 epochs"):
+        cnnlab.resume(trained_run.path, epochs=2, verbose=False)
+
+
+def test_folder_runs_share_a_test_set_across_seeds(cifar_jpegs, tmp_path):
+    import shutil
+
+    for name in ("cat", "dog", "ship"):
+        shutil.copytree(cifar_jpegs / "train" / name, tmp_path / "data" / name)
+    runs = [
+        cnnlab.train("largenet", f"folder:{tmp_path / 'data'}", seed=seed, epochs=1, out=tmp_path / str(seed),
+                     verbose=False)
+        for seed in (1, 2)
+    ]
+    assert runs[0].metrics["count"] == runs[1].metrics["count"] == 12
+    assert [sum(row) for row in runs[0].metrics["confusion"]] == [sum(row) for row in runs[1].metrics["confusion"]]
+
+
+def test_evaluate_refuses_changed_classes_and_follows_a_moved_folder(cifar_jpegs, tmp_path):
+    import shutil
+
+    for name in ("cat", "dog"):
+        shutil.copytree(cifar_jpegs / "train" / name, tmp_path / "data" / name)
+    run = cnnlab.train("largenet", f"folder:{tmp_path / 'data'}", epochs=1, out=tmp_path / "run", verbose=False)
+    shutil.move(tmp_path / "data", tmp_path / "moved")
+    moved = cnnlab.evaluate(run.path, dataset=f"folder:{tmp_path / 'moved'}")
+    assert moved.accuracy == pytest.approx(run.metrics["test_accuracy"])
+    Image.new("L", (32, 32)).save(tmp_path / "moved" / "dog" / "gray.png")  # a grayscale image joins
+    assert cnnlab.evaluate(run.path, dataset=f"folder:{tmp_path / 'moved'}").count in (8, 9)
+    shutil.copytree(cifar_jpegs / "train" / "ship", tmp_path / "moved" / "ship")
+    with pytest.raises(RunError, match="now has the classes cat, dog, ship"):
+        cnnlab.evaluate(run.path, dataset=f"folder:{tmp_path / 'moved'}")

@@ -17,8 +17,12 @@ import numpy as np
 import torch
 
 from .. import images
-from ..errors import DataError, ImageError
+from ..errors import DataError, ImageError, UsageError
 from .dataset import ImageData, Split
+
+
+# Without --image-size, images keep the first image's size, up to this many pixels a side.
+MAX_DEFAULT_SIDE = 512
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -69,8 +73,11 @@ def _decode_all(
         except ImageError as exc:
             return str(exc)
 
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2))
+    try:
         results = list(pool.map(decode, files))
+    finally:
+        pool.shutdown(cancel_futures=True)  # on Ctrl-C, do not wait for the images still queued
     errors = [r for r in results if isinstance(r, str)]
     if errors and not skip_bad:
         shown = "\n  ".join(errors[:10])
@@ -116,7 +123,8 @@ def load_folder(
 
     image_size: side (or (height, width)) every image is resized to; None takes the first
     image's size. channels: 1 or 3 to force grayscale or RGB; None is 1 only if every image is
-    grayscale. test_fraction and seed split the images when there is no train/ and test/.
+    grayscale. test_fraction and seed split the images when there is no train/ and test/ (the
+    seed of the split, not of training: every run on a folder is tested on the same images).
     """
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
@@ -139,21 +147,48 @@ def load_folder(
         train_classes, test_classes = _seeded_split(train_classes, test_fraction, seed)
     names = sorted(train_classes)
 
-    if image_size is None:
-        first = images.read(next(iter(train_classes.values()))[0])
-        size = (first.shape[0], first.shape[1])
-    elif isinstance(image_size, int):
-        size = (image_size, image_size)
-    else:
-        size = tuple(image_size)
+    size = _image_size(image_size, [f for files in train_classes.values() for f in files], skip_bad)
     train, test = _decode([train_classes, test_classes], names, size, channels, skip_bad)
     if not train:
         raise DataError(f"no readable training images in {root}")
+    if not test:
+        raise DataError(
+            f"{root} gives no test images: give each class at least 2 images (a share is held out "
+            f"for testing), or put test images in {root}/test/<class>/"
+        )
     width = max(a.shape[2] for a, _ in train + test)  # 3 if any image is in colour
+    train_split = _stack(train, width, size)
+    # Files come sorted by class; a fixed shuffle makes "the first N images" (--subset) a mix of classes.
+    train_split = train_split.take(torch.randperm(len(train_split), generator=torch.Generator().manual_seed(0)))
     return ImageData(
         name=f"folder:{root}",
         classes=names,
-        train=_stack(train, width, size),
+        train=train_split,
         test=_stack(test, width, size),
         source=str(root),
     )
+
+
+def _image_size(image_size: int | tuple[int, int] | None, files: list[Path], skip_bad: bool) -> tuple[int, int]:
+    """(height, width) to resize to: as given, or the size of the first readable image."""
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    if image_size is not None:
+        if min(image_size) < 1:
+            raise UsageError(f"--image-size must be at least 1, got {image_size[0]}")
+        return tuple(image_size)  # type: ignore[return-value]
+    for path in files:
+        try:
+            first = images.read(path)
+        except ImageError:
+            if skip_bad:
+                continue
+            raise
+        height, width = first.shape[:2]
+        if max(height, width) > MAX_DEFAULT_SIDE:
+            raise UsageError(
+                f"the images are large ({path.name} is {width}x{height}); pass --image-size N to resize "
+                f"them all to N x N (e.g. 32, 64 or 224), or memory will run out"
+            )
+        return height, width
+    raise DataError("no readable images to take the image size from")

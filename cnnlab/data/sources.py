@@ -43,8 +43,8 @@ DATASETS = {
 
 # Sub-folders of a data root that may hold each dataset's files: ours first, then torchvision's.
 _IDX_FOLDERS = {
-    "mnist": ["mnist", "MNIST/raw", "."],
-    "fashion-mnist": ["fashion-mnist", "FashionMNIST/raw", "fashion_mnist", "."],
+    "mnist": ["mnist", "MNIST/raw"],
+    "fashion-mnist": ["fashion-mnist", "FashionMNIST/raw", "fashion_mnist"],
 }
 _TORCHVISION_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
@@ -75,7 +75,10 @@ def _find_idx_folder(name: str, roots: list[Path]) -> tuple[Path | None, list[Pa
     """The first folder holding `name`'s training images, and every folder looked at."""
     looked = []
     for root in roots:
-        for sub in _IDX_FOLDERS[name]:
+        # The root itself counts only when its name says which dataset it is (--data-dir ~/data/mnist).
+        names = {sub.split("/")[0].lower() for sub in _IDX_FOLDERS[name]}
+        itself = ["."] if root.name.lower() in names or (root.name == "raw" and root.parent.name.lower() in names) else []
+        for sub in _IDX_FOLDERS[name] + itself:
             folder = root if sub == "." else root / sub
             looked.append(folder)
             if _idx_path(folder, "train-images-idx3-ubyte").exists():
@@ -136,7 +139,7 @@ def _find_cifar10(roots: list[Path]) -> tuple[str | None, Path | None, list[Path
     return None, None, looked
 
 
-def _load_cifar10(roots: list[Path], download: bool) -> ImageData:
+def _load_cifar10(roots: list[Path], download: bool, skip_bad: bool) -> ImageData:
     import torchvision.datasets as tvd
 
     kind, base, looked = _find_cifar10(roots)
@@ -144,7 +147,7 @@ def _load_cifar10(roots: list[Path], download: bool) -> ImageData:
         _download("cifar10", roots[-1])
         kind, base, looked = _find_cifar10(roots[-1:])
     if kind == "jpeg":
-        return replace(load_folder(base), name="cifar10")
+        return replace(load_folder(base, skip_bad=skip_bad), name="cifar10")
     if kind == "batches":
         try:
             parts = [tvd.CIFAR10(str(base), train=t, download=False) for t in (True, False)]
@@ -179,8 +182,12 @@ def locate(name: str, data_dir: str | Path | None = None) -> str | None:
     return None
 
 
-def adapt(data: ImageData, image_size: int | None = None, channels: int | None = None) -> ImageData:
-    """Resize every split to image_size x image_size and/or convert to 1 or 3 channels."""
+def adapt(data: ImageData, image_size: int | tuple[int, int] | None = None, channels: int | None = None) -> ImageData:
+    """Resize every split to image_size (N, or (height, width)) and/or convert to 1 or 3 channels."""
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if size is not None and min(size) < 1:
+        raise UsageError(f"--image-size must be at least 1, got {min(size)}")
+
     def convert(split: Split) -> Split:
         x = split.x  # (N, C, H, W) uint8
         if channels is not None and channels != x.shape[1]:
@@ -191,8 +198,8 @@ def adapt(data: ImageData, image_size: int | None = None, channels: int | None =
                 x = ((x.float() * luma).sum(dim=1, keepdim=True) + 0.5).clamp(0, 255).to(torch.uint8)
             else:
                 raise UsageError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
-        if image_size is not None and tuple(x.shape[2:]) != (image_size, image_size):
-            x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", antialias=True)
+        if size is not None and tuple(x.shape[2:]) != tuple(size):
+            x = F.interpolate(x.float(), size=tuple(size), mode="bilinear", antialias=True)
             x = x.round().clamp(0, 255).to(torch.uint8)
         return Split(x.contiguous(), split.y)
 
@@ -210,12 +217,16 @@ def load_dataset(
     ref: str,
     data_dir: str | Path | None = None,
     download: bool = False,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     channels: int | None = None,
     seed: int = 0,
     skip_bad_images: bool = False,
 ) -> ImageData:
-    """Load a dataset by reference ("fashion-mnist", "folder:PATH", ...) into memory."""
+    """Load a dataset by reference ("fashion-mnist", "folder:PATH", ...) into memory.
+
+    seed: of the data itself (the generated patterns, the test split of a folder without
+    test/), not of training, so that runs with different training seeds share a test set.
+    """
     roots = data_roots(data_dir)
     if ref.startswith("folder:"):
         return load_folder(ref[len("folder:"):], image_size, channels, seed=seed, skip_bad=skip_bad_images)
@@ -224,7 +235,7 @@ def load_dataset(
     elif ref == "patterns":
         data = load_patterns(seed=seed)
     elif ref == "cifar10":
-        data = _load_cifar10(roots, download)
+        data = _load_cifar10(roots, download, skip_bad_images)
     elif ref in _IDX_FOLDERS:
         classes = FASHION_CLASSES if ref == "fashion-mnist" else [str(i) for i in range(10)]
         folder, looked = _find_idx_folder(ref, roots)
