@@ -36,7 +36,7 @@ def fashion_mnist(data: str, out: str) -> str:
     columns = [
         ("model", "model", formatting.plain), ("parameters", "parameters", formatting.integer),
         ("train_seconds", "train time", formatting.seconds), ("seconds_per_epoch", "per epoch", formatting.seconds),
-        ("best_epoch", "best epoch", formatting.plain), ("test_accuracy", "test acc", formatting.percent),
+        ("best_epoch", "best epoch", formatting.integer), ("test_accuracy", "test acc", formatting.percent),
         ("target", "target", formatting.plain),
     ]
     return (
