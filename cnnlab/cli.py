@@ -6,6 +6,7 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
@@ -61,8 +62,9 @@ def _format_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    keys = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "seed",
-            "val_fraction", "subset", "patience", "normalize")
+    from .train import Settings
+
+    keys = [f.name for f in fields(Settings)]  # every setting has a flag of the same name
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}  # None: Settings' default
 
 

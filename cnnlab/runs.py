@@ -27,6 +27,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from .errors import RunError
+from .models import get_model
 
 FORMAT_VERSION = 1
 HISTORY_FIELDS = ["epoch", "seconds", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
@@ -131,8 +132,6 @@ class Run:
 
     def build_model(self, weights: bool = True) -> nn.Module:
         """The run's model in eval mode, with its best weights unless `weights` is False."""
-        from .models import get_model
-
         model = get_model(self.config["model"], self.input_shape, len(self.classes))
         if weights:
             path = self.path / "model.safetensors"

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_model
 
 from . import __version__
 from .data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
@@ -305,8 +306,8 @@ def _finish(
     history: list[dict[str, float]], best_epoch: int, device: torch.device, console: Console,
 ) -> Run:
     """Evaluate the best weights on the test split (and extra splits), write metrics.json."""
-    run = open_run(out)
-    net = run.build_model().to(device)
+    load_model(net, out / "model.safetensors", device=str(device))  # the best epoch's, not the last
+    net.eval()
     mean, std = config["data"]["mean"], config["data"]["std"]
     test = evaluate_model(net, dataset.test, dataset.classes, mean, std, "test", device)
     extra = {

@@ -65,8 +65,8 @@ def _seeded_split(
 
 def _decode_all(
     files: list[Path], size: tuple[int, int], channels: int | None, skip_bad: bool
-) -> tuple[list[np.ndarray | None], list[str]]:
-    """Decode `files` in threads; returns arrays (None where bad) and the error messages."""
+) -> list[np.ndarray | None]:
+    """Decode `files` in threads; None for each unreadable file when `skip_bad`, else DataError."""
     def decode(path: Path) -> np.ndarray | str:
         try:
             return images.read(path, channels=channels, size=size)  # (H, W, C)
@@ -86,7 +86,7 @@ def _decode_all(
             f"{len(errors)} of {len(files)} image files cannot be read:\n  {shown}{more}\n"
             "Remove or re-save them, or pass --skip-bad-images to leave them out."
         )
-    return [None if isinstance(r, str) else r for r in results], errors
+    return [None if isinstance(r, str) else r for r in results]
 
 
 def _decode(
@@ -94,7 +94,7 @@ def _decode(
 ) -> list[list[tuple[np.ndarray, int]]]:
     """Per split, (image (H, W, C), label) for every readable file; all files decoded in one go."""
     files = [(f, i, s) for s, classes in enumerate(splits) for i, name in enumerate(names) for f in classes.get(name, [])]
-    arrays, _ = _decode_all([f for f, _, _ in files], size, channels, skip_bad)
+    arrays = _decode_all([f for f, _, _ in files], size, channels, skip_bad)
     decoded: list[list[tuple[np.ndarray, int]]] = [[] for _ in splits]
     for array, (_, label, s) in zip(arrays, files):
         if array is not None:

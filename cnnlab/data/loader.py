@@ -51,15 +51,10 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         else:
-            order = None
+            order = torch.arange(n)
         for start in range(0, n, self.batch_size):
-            if order is None:
-                x = self.split.x[start : start + self.batch_size]  # (B, C, H, W) uint8
-                y = self.split.y[start : start + self.batch_size]
-            else:
-                index = order[start : start + self.batch_size]
-                x, y = self.split.x[index], self.split.y[index]
+            index = order[start : start + self.batch_size]
+            x, y = self.split.x[index], self.split.y[index]  # (B, C, H, W) uint8, (B,)
             yield self.normalize(x), y.to(self.device, non_blocking=True)

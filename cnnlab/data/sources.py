@@ -175,11 +175,12 @@ def locate(name: str, data_dir: str | Path | None = None) -> str | None:
         return {"sample": "shipped with cnnlab", "patterns": "generated on the fly"}[name]
     roots = data_roots(data_dir)
     if name == "cifar10":
-        return str(_find_cifar10(roots)[1] or "") or None
-    if name in _IDX_FOLDERS:
+        folder = _find_cifar10(roots)[1]
+    elif name in _IDX_FOLDERS:
         folder = _find_idx_folder(name, roots)[0]
-        return str(folder) if folder else None
-    return None
+    else:
+        folder = None
+    return str(folder) if folder else None
 
 
 def adapt(data: ImageData, image_size: int | tuple[int, int] | None = None, channels: int | None = None) -> ImageData:
