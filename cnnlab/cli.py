@@ -153,6 +153,52 @@ def cmd_models(args: argparse.Namespace) -> None:
     print(formatting.table(rows, columns, args.format, title="registered models (10 classes)"))
 
 
+def cmd_summary(args: argparse.Namespace) -> None:
+    import warnings
+
+    from .errors import ArchitectureWarning
+    from .formatting import summary_table
+    from .summary import summary
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ArchitectureWarning)  # the summary lists them itself
+        result = summary(args.model, args.input, args.classes, args.batch_size)
+    print(summary_table(result, args.format, args.depth, args.explain))
+
+
+def cmd_arith(args: argparse.Namespace) -> None:
+    from . import arithmetic
+
+    if args.question == "size":
+        lines = arithmetic.size_answer(args.size, args.kernel, args.stride, args.padding, args.dilation,
+                                       args.pool, args.ceil)
+    elif args.question == "padding":
+        lines = arithmetic.padding_answer(args.kernel, args.stride, args.dilation, args.size)
+    elif args.question == "pool":
+        lines = arithmetic.pool_answer(args.factor, args.size)
+    else:
+        lines = _shape_lines(args.spec, args.input)
+    print("\n".join(lines))
+
+
+def _shape_lines(spec: str, input_shape: str) -> list[str]:
+    import math
+
+    from .spec import walk
+
+    built = walk(spec, input_shape)
+    lines = []
+    for i, b in enumerate(built, 1):
+        shown = "x".join(map(str, b.in_shape)), "x".join(map(str, b.math.out_shape))
+        lines.append(f"{i}. {b.layer}: {shown[0]} -> {shown[1]}")
+        lines += [f"     {step}" for step in b.math.steps] + [f"     warning: {w}" for w in b.math.warnings]
+    out = built[-1].math.out_shape
+    params = sum(p.numel() for b in built for p in b.module.parameters())
+    lines.append(f"output: {'x'.join(map(str, out))} = {math.prod(out):,} values per image "
+                 f"(values, not parameters: the layers have {params:,} parameters)")
+    return lines
+
+
 def cmd_datasets(args: argparse.Namespace) -> None:
     from . import formatting
     from .data.sources import DATASETS, data_roots, locate
@@ -186,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     _device_flag(p)
 
     p = command("train", "train a model and write a run folder", cmd_train)
-    p.add_argument("--model", default="seed-cnn", help="a registered model name (see `cnnlab models`)")
+    p.add_argument("--model", default="seed-cnn", help="a registered name (see `cnnlab models`), a spec such as "
+                   "\"conv(32,3) relu maxpool(2) flatten linear(10)\", a .json/.toml spec file, or package.module:attr")
     _train_flags(p)
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last epoch, with "
                    "the run's own settings (only --epochs, --device and --quiet apply)")
@@ -208,12 +255,48 @@ def build_parser() -> argparse.ArgumentParser:
     _format_flag(p)
 
     p = command("compare", "train several models with the same settings and compare them", cmd_compare)
-    p.add_argument("models", nargs="+", metavar="MODEL", help="registered model names, e.g. seed-mlp seed-cnn")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="registered names or specs, e.g. seed-mlp seed-cnn")
     _train_flags(p)
     _format_flag(p)
 
     p = command("models", "list the registered models with their parameter counts", cmd_models)
     _format_flag(p)
+
+    p = command("summary", "each layer's output shape, parameters, mult-adds and receptive field; --explain "
+                "shows how each number comes about", cmd_summary)
+    p.add_argument("model", help="a registered name, a spec in quotes (\"conv(64,3) relu ... linear(10)\"), "
+                   "a .json/.toml spec file, or package.module:attr (e.g. torchvision.models:resnet50)")
+    p.add_argument("--input", help="input shape CxHxW (1x28x28) or a number of features (784); default: a "
+                   "registered model's own, or the spec file's")
+    p.add_argument("--classes", type=int, help="classes of a registered model or a builder taking num_classes "
+                   "(default 10)")
+    p.add_argument("--depth", type=int, default=3, help="how deep into nested modules to show rows (default 3)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass, for mult-adds and memory")
+    p.add_argument("--explain", action="store_true", help="each layer's output size and parameters as formulas")
+    _format_flag(p)
+
+    p = command("arith", "the lectures' arithmetic: an output size, the padding that keeps a size, a pooling "
+                "that downsamples, the shape after a stack of layers", cmd_arith)
+    questions = p.add_subparsers(dest="question", metavar="QUESTION", required=True)
+    q = questions.add_parser("size", help="output size of one convolution or pooling layer")
+    q.add_argument("size", type=int, help="input height or width")
+    q.add_argument("--kernel", type=int, required=True)
+    q.add_argument("--stride", type=int, default=1)
+    q.add_argument("--padding", type=int, default=0)
+    q.add_argument("--dilation", type=int, default=1)
+    q.add_argument("--pool", action="store_true", help="a pooling layer (stride defaults to 1 here too)")
+    q.add_argument("--ceil", action="store_true", help="pooling with ceil_mode=True")
+    q = questions.add_parser("padding", help="the padding that keeps the size for a kernel and stride")
+    q.add_argument("--kernel", type=int, required=True)
+    q.add_argument("--stride", type=int, default=1)
+    q.add_argument("--dilation", type=int, default=1)
+    q.add_argument("--size", type=int, help="input size (needed for stride > 1)")
+    q = questions.add_parser("pool", help="a pooling that downsamples by a factor")
+    q.add_argument("--factor", type=int, required=True)
+    q.add_argument("--size", type=int, help="input size to check it on")
+    q = questions.add_parser("shape", help="the shape after each layer of a spec, with its formulas")
+    q.add_argument("spec", help="e.g. \"conv(10,3) maxpool(4) conv(20,5,padding=2) maxpool(2)\"")
+    q.add_argument("--input", required=True, help="input shape, e.g. 3x130x130")
 
     p = command("datasets", "list the datasets and where cnnlab finds their files", cmd_datasets)
     _data_flags(p, dataset=False)

@@ -14,6 +14,7 @@ from typing import Any
 
 from .data import load_dataset
 from .errors import UsageError
+from .models import short_name
 from .runs import Run
 from .train import Settings, train
 
@@ -76,12 +77,17 @@ def compare(
     )
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in data.name.split("/")[-1])
     out = Path(out) if out is not None else Path("runs") / f"compare-{safe}-{datetime.now():%Y%m%d-%H%M%S}"
+    folders: list[str] = []
+    for model in models:  # two specs are both "spec": number them
+        name = short_name(model)
+        folders.append(name if name not in folders else f"{name}-{len(folders) + 1}")
     runs = [
         train(
             model, data, data_dir=data_dir, image_size=image_size, channels=channels,
-            skip_bad_images=skip_bad_images, out=out / model, overwrite=overwrite, device=device, verbose=verbose, **settings,
+            skip_bad_images=skip_bad_images, out=out / folder, overwrite=overwrite, device=device, verbose=verbose,
+            **settings,
         )
-        for model in models
+        for model, folder in zip(models, folders)
     ]
     return Comparison(data.name, out, runs)
 

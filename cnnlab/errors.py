@@ -37,3 +37,11 @@ class UsageError(Error):
 
 class Interrupted(TrainingError):
     """Training was stopped by the user (Ctrl-C); the completed epochs are saved."""
+
+
+class ArchitectureError(ModelError):
+    """A layer cannot take the shape it is given; the message names the layer, the formula and a fix."""
+
+
+class ArchitectureWarning(UserWarning):
+    """A layer works but probably not as meant (a stride larger than its window skips input pixels)."""

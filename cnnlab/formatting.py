@@ -9,14 +9,17 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .compare import Comparison
-from .evaluate import Evaluation, Prediction
+
+if TYPE_CHECKING:  # only for annotations: training imports this module to print its banner
+    from .compare import Comparison
+    from .evaluate import Evaluation, Prediction
+    from .summary import Summary
 
 FORMATS = ("table", "markdown", "json")
 Column = tuple[str, str, Callable[[Any], str]]  # (key, header, formatter)
@@ -38,7 +41,32 @@ def plain(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-NUMERIC = (percent, integer, seconds)  # right-aligned columns
+def nbytes(value: int | None) -> str:
+    """Bytes in binary units: 512 B, 3.06 KiB, 2.73 MiB, 1.02 GiB."""
+    if value is None:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value} B"
+
+
+def count(value: int | None) -> str:
+    """A count with its size in words: 843,520 (0.84 M)."""
+    if value is None:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value:,} ({value / size:.2f} {unit})"
+    return f"{value:,}"
+
+
+def integer_text(value: str | None) -> str:
+    """An already formatted number, right-aligned like the numeric columns."""
+    return value or ""
+
+
+NUMERIC = (percent, integer, seconds, nbytes, integer_text)  # right-aligned columns
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[Column], fmt: str = "table", title: str = "") -> str:
@@ -108,3 +136,83 @@ def predictions(preds: list[Prediction], fmt: str = "table") -> str:
     rows = [{"image": p.path, **{f"top{i}": f"{c} {v:.1%}" for i, (c, v) in enumerate(p.top)}} for p in preds]
     columns: list[Column] = [("image", "image", plain), *[(f"top{i}", f"#{i + 1}", plain) for i in range(k)]]
     return table(rows, columns, fmt)
+
+
+def _shape_text(shape: tuple[int, ...] | None) -> str:
+    return "x".join(map(str, shape)) if shape is not None else "-"
+
+
+def summary_rows(s: Summary, depth: int) -> list[dict[str, Any]]:
+    """The summary's rows down to `depth`, as plain values (what the table and JSON show)."""
+    rows = []
+    for i, r in enumerate(s.shown(depth), 1):
+        expanded = not r.leaf and r.depth < depth
+        rows.append({
+            "index": i, "name": r.name or s.model, "type": r.kind, "depth": r.depth,
+            "output_shape": list(r.out_shape) if r.out_shape is not None else None,
+            "window": r.window, "params": None if expanded else r.params,
+            "frozen": None if expanded else r.frozen, "mult_adds": None if expanded else r.mult_adds,
+            "receptive_field": r.receptive, "jump": r.jump, "output_bytes": r.out_bytes,
+            "call": r.call, "formulas": [str(step) for step in r.math.steps] if r.math else [],
+        })
+    return rows
+
+
+def summary_table(s: Summary, fmt: str = "table", depth: int = 3, explain: bool = False) -> str:
+    """The summary as a terminal table, markdown or JSON; `explain` adds every layer's formulas."""
+    rows = summary_rows(s, depth)
+    if fmt == "json":
+        return to_json({
+            "model": s.model, "input_shape": list(s.input_shape), "batch_size": s.batch_size,
+            "output_shape": list(s.output_shape) if s.output_shape is not None else None, "layers": rows,
+            "total_params": s.total_params, "trainable_params": s.trainable_params, "frozen_params": s.frozen_params,
+            "buffers": s.buffers, "mult_adds": s.mult_adds, "input_bytes": s.input_bytes,
+            "param_bytes": s.param_bytes, "buffer_bytes": s.buffer_bytes, "activation_bytes": s.activation_bytes,
+            "notes": s.shared, "warnings": s.warnings,
+        })
+    for row in rows:
+        indent = "  " * max(row["depth"] - 1, 0)
+        row["layer"] = indent + row["name"] + (f" (call {row['call']})" if row["call"] > 1 else "")
+        row["shape"] = _shape_text(tuple(row["output_shape"]) if row["output_shape"] is not None else None)
+        row["params_text"] = "" if row["params"] is None else integer(row["params"] or None)
+        row["mult_adds_text"] = "" if row["mult_adds"] is None else integer(row["mult_adds"] or None)
+    columns: list[Column] = [
+        ("index", "#", integer), ("layer", "layer", plain), ("type", "type", plain), ("shape", "output", plain),
+        ("window", "kernel /stride pad", plain), ("params_text", "params", integer_text),
+        *([("frozen", "frozen", integer)] if s.frozen_params else []),
+        ("mult_adds_text", "mult-adds", integer_text), ("receptive_field", "RF", integer_text),
+        ("jump", "jump", integer_text), ("output_bytes", "output size", nbytes),
+    ]
+    title = f"{s.model} on {_shape_text(s.input_shape)} inputs (batch of {s.batch_size})"
+    parts = [table(rows, columns, fmt, title=title), _summary_footer(s)]
+    if explain:
+        parts.append(_explanations(s))
+    return "\n\n".join(parts)
+
+
+def _summary_footer(s: Summary) -> str:
+    lines = [
+        f"Parameters: {count(s.total_params)}: trainable {s.trainable_params:,}, frozen {s.frozen_params:,}",
+        f"Buffers: {s.buffers:,} values (batch-norm running statistics: state, not parameters)",
+        f"Mult-adds: {count(s.mult_adds)} per forward pass of {s.batch_size} image{'s' if s.batch_size > 1 else ''}",
+        f"Memory: input {nbytes(s.input_bytes)}, parameters {nbytes(s.param_bytes)}, buffers {nbytes(s.buffer_bytes)}, "
+        f"layer outputs {nbytes(s.activation_bytes)} (kept for the backward pass when training)",
+        f"Output: {_shape_text(s.output_shape)}",
+    ]
+    lines += [f"Note: {note}" for note in s.shared]
+    lines += [f"Warning: {w}" for w in s.warnings]
+    return "\n".join(lines)
+
+
+def _explanations(s: Summary) -> str:
+    """Every leaf layer's output size and parameter count as formulas with the numbers filled in."""
+    blocks = ["How each number comes about:"]
+    for r in s.rows:
+        if not r.leaf or r.math is None:
+            continue
+        head = f"{r.name or s.model}  {r.kind}({r.detail})  {_shape_text(r.in_shape)} -> {_shape_text(r.out_shape)}"
+        lines = [f"    {step}" for step in r.math.steps] or ["    shape unchanged"]
+        if not any(step.name == "params" for step in r.math.steps):
+            lines.append("    no parameters")
+        blocks.append("\n".join([head, *lines]))
+    return "\n\n".join(blocks)

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model as load_safetensors, save_model
 from torch import nn
 
 from .errors import RunError
-from .models import get_model
+from .models import load_model
 
 FORMAT_VERSION = 1
 HISTORY_FIELDS = ["epoch", "seconds", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
@@ -132,13 +132,13 @@ class Run:
 
     def build_model(self, weights: bool = True) -> nn.Module:
         """The run's model in eval mode, with its best weights unless `weights` is False."""
-        model = get_model(self.config["model"], self.input_shape, len(self.classes))
+        model = load_model(self.config["model"], self.input_shape, len(self.classes))
         if weights:
             path = self.path / "model.safetensors"
             if not path.exists():
                 raise RunError(f"{path} is missing: the run has no saved weights (did training finish an epoch?)")
             try:
-                load_model(model, path)
+                load_safetensors(model, path)
             except Exception as exc:  # safetensors raises several types for damaged files
                 raise RunError(f"{path} does not fit model {self.config['model']!r} ({exc})") from exc
         return model.eval()

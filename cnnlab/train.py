@@ -20,16 +20,19 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors.torch import load_model
+from safetensors.torch import load_model as load_safetensors
 
 from . import __version__
 from .data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
 from .errors import Interrupted, RunError, TrainingError, UsageError
 from .evaluate import EVAL_BATCH, evaluate_model, load_run_data, loss_and_accuracy, resolve_device
-from .models import get_model
+from .formatting import summary_table
+from .models import load_model, short_name, stored_ref
 from .runs import (
     FORMAT_VERSION, Run, load_checkpoint, open_run, save_checkpoint, save_weights, write_history, write_json,
+    write_text,
 )
+from .summary import summarize
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -113,7 +116,9 @@ def train(
     verbose: bool = True,
     **settings: Any,
 ) -> Run:
-    """Train `model` (a registered name) on `dataset` and return its run folder, read back.
+    """Train `model` on `dataset` and return its run folder, read back.
+
+    model: a registered name, a spec (text or .json/.toml file) or `package.module:attr`.
 
     settings: the fields of `Settings` (epochs, batch_size, lr, optimizer, seed, ...).
     """
@@ -125,7 +130,8 @@ def train(
             dataset, data_dir=data_dir, download=download, image_size=image_size,
             channels=channels, skip_bad_images=skip_bad_images,
         )
-    out = Path(out) if out is not None else default_out(model, dataset.name)
+    ref = stored_ref(model)
+    out = Path(out) if out is not None else default_out(short_name(model), dataset.name)
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; a run needs a folder")
     if (out / "config.json").exists() and not overwrite:
@@ -137,13 +143,13 @@ def train(
     fit, val = split_for_training(dataset, s)
     mean, std = channel_stats(fit.x) if s.normalize else ([0.0] * fit.x.shape[1], [1.0] * fit.x.shape[1])
     torch.manual_seed(s.seed)
-    net = get_model(model, dataset.input_shape, dataset.num_classes)
+    net = load_model(ref, dataset.input_shape, dataset.num_classes)
     config = {
         "format": FORMAT_VERSION,
         "cnnlab_version": __version__,
         "torch_version": torch.__version__,
         "created": datetime.now().isoformat(timespec="seconds"),
-        "model": model,
+        "model": ref,
         "parameters": sum(p.numel() for p in net.parameters()),
         "data": {
             "dataset": dataset.name, "source": dataset.source, "classes": dataset.classes,
@@ -159,7 +165,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunError(f"cannot make the run folder {out}: {exc.strerror or exc}") from exc
-    for stale in ("metrics.json", "history.csv", "model.safetensors", "checkpoint.pt"):
+    for stale in ("metrics.json", "history.csv", "model.safetensors", "checkpoint.pt", "summary.txt"):
         (out / stale).unlink(missing_ok=True)  # an overwritten run must not mix with the old one
     write_json(out / "config.json", config)
     return _fit(net, dataset, fit, val, config, out, target, state=None, verbose=verbose)
@@ -181,7 +187,7 @@ def resume(run: str | Path, epochs: int | None = None, device: str = "auto", ver
         config["train"]["epochs"] = epochs
     dataset = load_run_data(previous)
     fit, val = split_for_training(dataset, settings_of(config))
-    net = get_model(config["model"], tuple(config["data"]["input_shape"]), len(config["data"]["classes"]))
+    net = load_model(config["model"], tuple(config["data"]["input_shape"]), len(config["data"]["classes"]))
     write_json(previous.path / "config.json", config)
     state["history"] = previous.history[: state["epoch"]]  # a row written after the checkpoint is redone
     return _fit(net, dataset, fit, val, config, previous.path, resolve_device(device), state, verbose)
@@ -214,9 +220,12 @@ def _fit(
         best_val, best_epoch = state["best_val_loss"], state["best_epoch"]
         bad_epochs, start, history = state["bad_epochs"], state["epoch"], state["history"]
 
+    summary = summarize(net, tuple(dataset.input_shape), name=short_name(config["model"]))
+    write_text(out / "summary.txt", summary_table(summary, explain=True) + "\n")
     console = Console(quiet=not verbose, highlight=False, soft_wrap=True)
+    console.print(summary_table(summary), markup=False)
     console.print(
-        f"[bold]{config['model']}[/] on [bold]{dataset.name}[/]: {config['parameters']:,} parameters, "
+        f"[bold]{short_name(config['model'])}[/] on [bold]{dataset.name}[/]: {config['parameters']:,} parameters, "
         f"{len(fit):,} training / {len(val):,} validation images {tuple(dataset.input_shape)}, "
         f"{s.optimizer} lr {s.lr:g}, batch {s.batch_size}, {s.epochs} epochs, {device.type}; run folder {out}"
     )
@@ -306,7 +315,7 @@ def _finish(
     history: list[dict[str, float]], best_epoch: int, device: torch.device, console: Console,
 ) -> Run:
     """Evaluate the best weights on the test split (and extra splits), write metrics.json."""
-    load_model(net, out / "model.safetensors", device=str(device))  # the best epoch's, not the last
+    load_safetensors(net, out / "model.safetensors", device=str(device))  # the best epoch's, not the last
     net.eval()
     mean, std = config["data"]["mean"], config["data"]["std"]
     test = evaluate_model(net, dataset.test, dataset.classes, mean, std, "test", device)

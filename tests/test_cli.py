@@ -13,7 +13,7 @@ from PIL import Image
 
 from cnnlab.cli import build_parser, main
 
-COMMANDS = ["demo", "train", "evaluate", "predict", "compare", "models", "datasets"]
+COMMANDS = ["demo", "train", "evaluate", "predict", "compare", "summary", "arith", "models", "datasets"]
 
 
 @pytest.mark.parametrize("launcher", [[str(Path(sys.executable).parent / "cnnlab")], [sys.executable, "-m", "cnnlab"]])

@@ -75,6 +75,7 @@ class LargeNet(nn.Module):
         return self.fc2(x)
 
 
-@register_model("largenet", "lecture 003's LargeNet: conv 5 and 10 (5x5), max-pool, 32 hidden", source="lecture 003")
+@register_model("largenet", "lecture 003's LargeNet: conv 5 and 10 (5x5), max-pool, 32 hidden", source="lecture 003",
+                input_shape=(3, 32, 32))
 def largenet(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     return LargeNet(input_shape, num_classes)

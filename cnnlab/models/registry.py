@@ -24,18 +24,21 @@ class ModelInfo:
     builder: Builder
     description: str
     source: str  # where the architecture comes from, e.g. "lecture 001"
+    input_shape: tuple[int, int, int] = (1, 28, 28)  # the inputs it was designed for (the default of `summary`)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, description: str = "", source: str = "cnnlab") -> Callable[[Builder], Builder]:
+def register_model(
+    name: str, description: str = "", source: str = "cnnlab", input_shape: tuple[int, int, int] = (1, 28, 28),
+) -> Callable[[Builder], Builder]:
     """Decorator that registers a builder under `name`; a name can be registered only once."""
 
     def wrap(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ModelError(f"a model named {name!r} is already registered ({_REGISTRY[name].builder.__qualname__})")
-        _REGISTRY[name] = ModelInfo(name, builder, description or (builder.__doc__ or "").strip(), source)
+        _REGISTRY[name] = ModelInfo(name, builder, description or (builder.__doc__ or "").strip(), source, input_shape)
         return builder
 
     return wrap

@@ -43,6 +43,7 @@ def small_cnn_28(input_shape: tuple[int, int, int], num_classes: int) -> nn.Modu
     return small_cnn(input_shape[0], num_classes, widths=(32, 64, 128), convs_per_block=1)
 
 
-@register_model("small-cnn-32", "3 blocks of two conv-BN-ReLU and a pool (32-64-128); for 32x32 colour")
+@register_model("small-cnn-32", "3 blocks of two conv-BN-ReLU and a pool (32-64-128); for 32x32 colour",
+                input_shape=(3, 32, 32))
 def small_cnn_32(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     return small_cnn(input_shape[0], num_classes, widths=(32, 64, 128), convs_per_block=2)

@@ -1,0 +1,387 @@
+"""The arithmetic of CNN layers: each number together with the formula that gives it.
+
+Lectures 001, 002 and 004 compute output sizes (`1 + (W - F + 2P)/S`) and parameter counts
+(`K*F*F*D_in + K`) by hand. Here every size and count is a `Step`: its value and its formula
+with the numbers filled in, in the notation of PyTorch's own docs (nn.Conv2d, nn.MaxPool2d), e.g.
+`H_out = floor((28 + 2*0 - 1*(3-1) - 1)/1) + 1 = 26`.
+
+`layer_math(module, in_shape)` applies them to one layer, checks that it can work on that shape
+and raises `ArchitectureError` with the formula and a fix when it cannot, before anything runs.
+The small helpers at the end answer the lectures' questions directly (`cnnlab arith`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .errors import ArchitectureError
+
+Shape = tuple[int, ...]  # one sample, without the batch dimension: (C, H, W) or (F,)
+
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.GELU, nn.Softmax, nn.ELU, nn.SiLU)
+SHAPE_KEEPING = (*ACTIVATIONS, nn.Dropout, nn.Dropout2d, nn.Identity)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One computed number: `name = formula = value`."""
+
+    name: str
+    formula: str
+    value: int
+    note: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.name} = {self.formula} = {self.value:,}"
+        return f"{text}  ({self.note})" if self.note else text
+
+
+@dataclass
+class LayerMath:
+    """What one layer does to the shape of a sample, and the formulas that say so."""
+
+    out_shape: Shape
+    steps: list[Step] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    window: str = ""  # kernel/stride/padding for the summary table, e.g. "3x3 /1 p0"
+    kernel: tuple[int, int] | None = None  # effective (dilated) kernel extent on its input, for the receptive field
+    stride: tuple[float, float] | None = None  # < 1 for a transposed convolution, which upsamples
+    is_global: bool = False  # each output sees the whole input (linear, global pooling)
+    mult_adds: int = 0
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[-1]))
+
+
+def _pads(before: int, after: int) -> str:
+    return f"2*{before}" if before == after else f"{before} + {after}"
+
+
+def conv_size(size: int, kernel: int, stride: int = 1, padding: int | tuple[int, int] = 0, dilation: int = 1,
+              name: str = "H_out") -> Step:
+    """Output size of a convolution along one axis (nn.Conv2d's formula)."""
+    before, after = (padding, padding) if isinstance(padding, int) else padding
+    value = (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
+    formula = f"floor(({size} + {_pads(before, after)} - {dilation}*({kernel}-1) - 1)/{stride}) + 1"
+    return Step(name, formula, value)
+
+
+def pool_size(size: int, kernel: int, stride: int, padding: int = 0, dilation: int = 1, ceil_mode: bool = False,
+              name: str = "H_out") -> Step:
+    """Output size of max or average pooling along one axis, with PyTorch's ceil_mode rule."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    rounding = "ceil" if ceil_mode else "floor"
+    value = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+    formula = f"{rounding}(({size} + 2*{padding} - {dilation}*({kernel}-1) - 1)/{stride}) + 1"
+    if ceil_mode and (value - 1) * stride >= size + padding:
+        # PyTorch drops a last window that would start in the right padding.
+        return Step(name, formula + " - 1", value - 1, "the last window would start in the padding")
+    return Step(name, formula, value)
+
+
+def conv_transpose_size(size: int, kernel: int, stride: int = 1, padding: int = 0, output_padding: int = 0,
+                        dilation: int = 1, name: str = "H_out") -> Step:
+    """Output size of a transposed convolution along one axis (nn.ConvTranspose2d's formula)."""
+    value = (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+    formula = f"({size} - 1)*{stride} - 2*{padding} + {dilation}*({kernel}-1) + {output_padding} + 1"
+    return Step(name, formula, value)
+
+
+def conv_params(out_channels: int, in_channels: int, kernel: tuple[int, int], groups: int = 1,
+                bias: bool = True) -> Step:
+    """K*(D_in/groups*F_h*F_w) weights, plus K biases."""
+    per_filter = f"{in_channels}/{groups}*{kernel[0]}*{kernel[1]}" if groups > 1 else f"{in_channels}*{kernel[0]}*{kernel[1]}"
+    value = out_channels * (in_channels // groups) * kernel[0] * kernel[1] + (out_channels if bias else 0)
+    return Step("params", f"{out_channels}*({per_filter})" + (f" + {out_channels}" if bias else ""), value)
+
+
+def linear_params(in_features: int, out_features: int, bias: bool = True) -> Step:
+    value = in_features * out_features + (out_features if bias else 0)
+    return Step("params", f"{in_features}*{out_features}" + (f" + {out_features}" if bias else ""), value)
+
+
+def _fail(what: str, step: Step | None, fix: str) -> ArchitectureError:
+    lines = [what] + ([f"  {step}"] if step else []) + [f"  Fix: {fix}"]
+    return ArchitectureError("\n".join(lines))
+
+
+def _check_stride(stride: tuple[int, int]) -> None:
+    if min(stride) < 1:
+        raise _fail(f"stride {stride[0] if stride[0] == stride[1] else stride} is not allowed: the window must "
+                    "move at least 1 pixel per step", None, "use stride=1 or more")
+
+
+def _check_size(step: Step, size: int, padding: int, extent: int, axis: str) -> None:
+    if step.value < 1:
+        need = math.ceil((extent - size) / 2)
+        raise _fail(
+            f"the window spans {extent} {axis}, more than the padded input {size} + 2*{padding} = "
+            f"{size + 2 * padding}, so there is no output", step,
+            f"use padding={max(need, padding + 1)} or a smaller kernel, remove a pooling layer before this one, "
+            "or give a larger input",
+        )
+
+
+def _skip_warning(kind: str, kernel: tuple[int, int], stride: tuple[int, int]) -> list[str]:
+    if stride[0] > kernel[0] or stride[1] > kernel[1]:
+        k, s = max(kernel), max(stride)
+        return [f"stride {s} is larger than the {kind} window {k}: {s - k} of every {s} input rows and columns are "
+                f"never seen (lecture 000). Use a window at least as large as the stride, e.g. kernel {s}."]
+    return []
+
+
+def _spatial(module: nn.Module, in_shape: Shape) -> tuple[int, int, int]:
+    if len(in_shape) != 3:
+        raise _fail(f"{type(module).__name__} needs a (C, H, W) input but gets {_show(in_shape)}", None,
+                    "do not flatten before this layer, or give --input as CxHxW")
+    return in_shape  # type: ignore[return-value]
+
+
+def _show(shape: Shape) -> str:
+    return "x".join(str(n) for n in shape) if shape else "a scalar"
+
+
+def _conv(m: nn.Conv2d, in_shape: Shape) -> LayerMath:
+    c, h, w = _spatial(m, in_shape)
+    if c != m.in_channels:
+        raise _fail(f"Conv2d expects {m.in_channels} input channels but its input {_show(in_shape)} has {c}", None,
+                    f"set in_channels={c} (or let a spec infer it)")
+    k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
+    _check_stride(s)
+    if isinstance(m.padding, str):  # 'same' pads d*(k-1) in total, the extra pixel after; 'valid' pads nothing
+        total = [0, 0] if m.padding == "valid" else [d[i] * (k[i] - 1) for i in range(2)]
+        pads = [(t // 2, t - t // 2) for t in total]
+    else:
+        pads = [(p, p) for p in _pair(m.padding)]
+        if min(_pair(m.padding)) < 0:
+            raise _fail(f"padding {m.padding} is negative", None, "use padding=0 or more")
+    steps = [conv_size(n, k[i], s[i], pads[i], d[i], name) for i, (n, name) in enumerate([(h, "H_out"), (w, "W_out")])]
+    for i, (n, axis) in enumerate([(h, "rows"), (w, "columns")]):
+        _check_size(steps[i], n, pads[i][0], d[i] * (k[i] - 1) + 1, axis)
+    params = conv_params(m.out_channels, m.in_channels, k, m.groups, m.bias is not None)
+    out_hw = steps[0].value * steps[1].value
+    pad_text = m.padding if isinstance(m.padding, str) else _pair(m.padding)[0]
+    # A 1x1 convolution with stride 2 is a deliberate subsampling projection (ResNet's shortcuts): no warning.
+    skip = _skip_warning("convolution", k, s) if max(k) > 1 else []
+    return LayerMath(
+        (m.out_channels, steps[0].value, steps[1].value), [*steps, params], skip,
+        window=_window(k, s, pad_text, d), kernel=(d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1), stride=s,
+        mult_adds=params.value * out_hw,  # weights and biases once per output position, as torchinfo counts
+    )
+
+
+def _conv_transpose(m: nn.ConvTranspose2d, in_shape: Shape) -> LayerMath:
+    c, h, w = _spatial(m, in_shape)
+    if c != m.in_channels:
+        raise _fail(f"ConvTranspose2d expects {m.in_channels} input channels but its input {_show(in_shape)} has {c}",
+                    None, f"set in_channels={c}")
+    k, s, d, p, op = (_pair(v) for v in (m.kernel_size, m.stride, m.dilation, m.padding, m.output_padding))
+    _check_stride(s)
+    steps = [conv_transpose_size(n, k[i], s[i], p[i], op[i], d[i], name)
+             for i, (n, name) in enumerate([(h, "H_out"), (w, "W_out")])]
+    if min(steps[0].value, steps[1].value) < 1:
+        raise _fail("the padding removes more than the transposed convolution makes", steps[0], "use less padding")
+    groups = m.groups
+    weights = m.in_channels * (m.out_channels // groups) * k[0] * k[1]
+    bias = m.out_channels if m.bias is not None else 0
+    per = f"{m.out_channels}/{groups}*{k[0]}*{k[1]}" if groups > 1 else f"{m.out_channels}*{k[0]}*{k[1]}"
+    params = Step("params", f"{m.in_channels}*({per})" + (f" + {bias}" if bias else ""), weights + bias)
+    return LayerMath(
+        (m.out_channels, steps[0].value, steps[1].value), [*steps, params],
+        window=_window(k, s, p[0], d) + " (transposed)", kernel=(d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1),
+        stride=(1 / s[0], 1 / s[1]),
+        # each input position scatters one kernel's weights; each output position gets its bias
+        mult_adds=weights * h * w + bias * steps[0].value * steps[1].value,
+    )
+
+
+def _pool(m: nn.MaxPool2d | nn.AvgPool2d, in_shape: Shape) -> LayerMath:
+    c, h, w = _spatial(m, in_shape)
+    k, s, p = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.padding)
+    d = _pair(getattr(m, "dilation", 1))
+    kind = "max pooling" if isinstance(m, nn.MaxPool2d) else "average pooling"
+    _check_stride(s)
+    for i in range(2):
+        extent = d[i] * (k[i] - 1) + 1
+        if p[i] > extent // 2:
+            raise _fail(f"{kind} padding {p[i]} is more than half the window {extent}", None,
+                        f"use padding={extent // 2} or less")
+    steps = [pool_size(n, k[i], s[i], p[i], d[i], m.ceil_mode, name) for i, (n, name) in enumerate([(h, "H_out"), (w, "W_out")])]
+    for i, (n, axis) in enumerate([(h, "rows"), (w, "columns")]):
+        _check_size(steps[i], n, p[i], d[i] * (k[i] - 1) + 1, axis)
+    return LayerMath(
+        (c, steps[0].value, steps[1].value), steps, _skip_warning(kind, k, s),
+        window=_window(k, s, p[0], d) + (" ceil" if m.ceil_mode else ""),
+        kernel=(d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1), stride=s,
+    )
+
+
+def _adaptive(m: nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d, in_shape: Shape) -> LayerMath:
+    c, h, w = _spatial(m, in_shape)
+    size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, m.output_size)
+    oh, ow = (h if size[0] is None else size[0]), (w if size[1] is None else size[1])
+    steps = [Step("H_out", f"output_size {oh}", oh, f"from any input height ({h} here)"),
+             Step("W_out", f"output_size {ow}", ow, f"from any input width ({w} here)")]
+    if (oh, ow) == (1, 1):
+        return LayerMath((c, 1, 1), steps, window="global", is_global=True)
+    # Adaptive pooling with out < in uses windows of about in/out; as fixed windows: stride in//out.
+    sh, sw = max(h // oh, 1), max(w // ow, 1)
+    kh, kw = h - (oh - 1) * sh, w - (ow - 1) * sw
+    return LayerMath((c, oh, ow), steps, window=f"adaptive {oh}x{ow}", kernel=(max(kh, 1), max(kw, 1)), stride=(sh, sw))
+
+
+def _batchnorm(m: nn.modules.batchnorm._BatchNorm, in_shape: Shape) -> LayerMath:
+    c = in_shape[0]
+    if c != m.num_features:
+        raise _fail(f"{type(m).__name__} expects {m.num_features} channels but its input {_show(in_shape)} has {c}",
+                    None, f"use {type(m).__name__}({c})")
+    steps = [Step("params", f"2*{c}", 2 * c if m.affine else 0, "a scale γ and a shift β per channel"
+                  if m.affine else "affine=False: no parameters")]
+    if m.track_running_stats:
+        steps.append(Step("buffers", f"2*{c} + 1", 2 * c + 1,
+                          "running mean and variance per channel and a batch counter: state, not parameters"))
+    return LayerMath(in_shape, steps, mult_adds=2 * c if m.affine else 0)
+
+
+def _flatten(m: nn.Flatten, in_shape: Shape) -> LayerMath:
+    full = (1, *in_shape)  # the batch dimension counts in start_dim/end_dim
+    start, end = m.start_dim % len(full), m.end_dim % len(full)
+    if start > end:
+        return LayerMath(in_shape)
+    merged = full[start:end + 1]
+    out = full[:start] + (math.prod(merged),) + full[end + 1:]
+    return LayerMath(out[1:], [Step("features", "*".join(map(str, merged)), math.prod(merged))])
+
+
+def _linear(m: nn.Linear, in_shape: Shape) -> LayerMath:
+    n = in_shape[-1] if in_shape else 0
+    if n != m.in_features:
+        got = f"{n} features" if len(in_shape) == 1 else f"{_show(in_shape)}, whose last dimension is {n}"
+        hint = f"Linear({n}, {m.out_features})" if len(in_shape) == 1 else \
+            f"put flatten before it; flattened, {_show(in_shape)} gives {math.prod(in_shape)} features"
+        raise _fail(f"Linear expects in_features={m.in_features} but its input has {got}", None, hint)
+    params = linear_params(m.in_features, m.out_features, m.bias is not None)
+    warn = [] if len(in_shape) == 1 else [f"Linear on a {_show(in_shape)} input acts on the last dimension only; "
+                                          "put flatten before it to use every feature"]
+    return LayerMath((*in_shape[:-1], m.out_features), [params], warn, is_global=len(in_shape) == 1,
+                     mult_adds=params.value * math.prod(in_shape[:-1]))
+
+
+def _window(k: tuple[int, int], s: tuple[int, int], p: int | str, d: tuple[int, int]) -> str:
+    size = f"{k[0]}x{k[1]}"
+    stride = s[0] if s[0] == s[1] else f"{s[0]}x{s[1]}"
+    text = f"{size} /{stride} p{p}" if not isinstance(p, str) else f"{size} /{stride} {p}"
+    return text + (f" d{d[0]}" if max(d) > 1 else "")
+
+
+def layer_math(module: nn.Module, in_shape: Shape) -> LayerMath | None:
+    """The arithmetic of `module` on one sample of `in_shape`; None for layers it does not know.
+
+    Raises ArchitectureError when the layer cannot work on that shape.
+    """
+    if isinstance(module, nn.Conv2d):
+        return _conv(module, in_shape)
+    if isinstance(module, nn.ConvTranspose2d):
+        return _conv_transpose(module, in_shape)
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        return _pool(module, in_shape)
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        return _adaptive(module, in_shape)
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return _batchnorm(module, in_shape)
+    if isinstance(module, nn.Flatten):
+        return _flatten(module, in_shape)
+    if isinstance(module, nn.Linear):
+        return _linear(module, in_shape)
+    if isinstance(module, SHAPE_KEEPING):
+        return LayerMath(in_shape)
+    return None
+
+
+# The lectures' questions, answered directly.
+
+def same_padding(kernel: int, stride: int = 1, dilation: int = 1, size: int | None = None) -> tuple[int, int, str]:
+    """Padding (before, after) that keeps the size (stride 1) or gives ceil(size/stride) outputs, and why."""
+    extent = dilation * (kernel - 1) + 1
+    if stride == 1:
+        total = extent - 1
+        why = f"padding = ({extent} - 1)/2 = {total / 2:g}" if total % 2 == 0 else (
+            f"padding = ({extent} - 1) = {total} in total: {total // 2} before and {total - total // 2} after, "
+            "since an even kernel has no centre (nn.Conv2d(padding='same') does this)")
+        return total // 2, total - total // 2, why
+    if size is None:
+        raise ValueError("with stride > 1 the padding depends on the input size; give the size")
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + extent - size, 0)
+    why = (f"H_out = ceil({size}/{stride}) = {out} needs padding = ({out}-1)*{stride} + {extent} - {size} = {total} "
+           f"in total: {total // 2} before and {total - total // 2} after")
+    return total // 2, total - total // 2, why
+
+
+def receptive_field(rf: tuple[float, float], jump: tuple[float, float], kernel: tuple[int, int],
+                    stride: tuple[float, float]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """One layer's effect on the receptive field and the jump (the distance, in input pixels, between outputs)."""
+    new_jump = (jump[0] * stride[0], jump[1] * stride[1])
+    new_rf = (rf[0] + (kernel[0] - 1) * min(jump[0], new_jump[0]), rf[1] + (kernel[1] - 1) * min(jump[1], new_jump[1]))
+    return new_rf, new_jump
+
+
+def size_answer(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1,
+                pool: bool = False, ceil_mode: bool = False) -> list[str]:
+    """The output size of one convolution or pooling layer, worked out, with what to watch for."""
+    if min(size, kernel, stride, dilation) < 1 or padding < 0:
+        raise ArchitectureError("size, kernel, stride and dilation must be 1 or more, and padding 0 or more")
+    step = pool_size(size, kernel, stride, padding, dilation, ceil_mode) if pool else \
+        conv_size(size, kernel, stride, padding, dilation)
+    lines = [str(step)]
+    extent = dilation * (kernel - 1) + 1
+    span = size + 2 * padding - extent
+    if step.value < 1:
+        lines.append(f"no output: the window spans {extent}, more than the padded input {size + 2 * padding}")
+        return lines
+    if dilation == 1 and not ceil_mode:
+        exact = f"{1 + span / stride:g}"
+        lines.append(f"the lectures' form: 1 + ({size} - {kernel} + 2*{padding})/{stride} = {exact}"
+                     + ("" if span % stride == 0 else f", rounded down to {step.value}"))
+    if span % stride and not ceil_mode:
+        lines.append(f"the stride does not fit: the last {span % stride} row(s) and column(s) of the padded input "
+                     "are never covered")
+    lines += _skip_warning("pooling" if pool else "convolution", (extent, extent), (stride, stride))
+    return lines
+
+
+def padding_answer(kernel: int, stride: int = 1, dilation: int = 1, size: int | None = None) -> list[str]:
+    """The padding that keeps the size (stride 1) or gives ceil(size/stride), checked on `size`."""
+    if min(kernel, stride, dilation) < 1:
+        raise ArchitectureError("kernel, stride and dilation must be 1 or more")
+    try:
+        before, after, why = same_padding(kernel, stride, dilation, size)
+    except ValueError as exc:
+        raise ArchitectureError(f"{exc}, e.g. --size 28") from None
+    lines = [why]
+    if size is not None:
+        lines.append(f"check: {conv_size(size, kernel, stride, (before, after), dilation)}")
+    elif before == after:
+        lines.append(f"for any input W: W + 2*{before} - {dilation * (kernel - 1) + 1} + 1 = W "
+                     f"(nn.Conv2d(..., {kernel}, padding={before}) or padding='same')")
+    return lines
+
+
+def pool_answer(factor: int, size: int | None = None) -> list[str]:
+    """A pooling that downsamples by `factor`, and the tempting one that does not."""
+    if factor < 2:
+        raise ArchitectureError("a downsampling factor is 2 or more")
+    lines = [f"maxpool({factor}): kernel {factor}, stride {factor} (the default stride is the kernel): windows "
+             f"tile the input without gaps or overlap, so each side is divided by {factor}, rounded down"]
+    if size is not None:
+        step = pool_size(size, factor, factor)
+        lines.append(f"on {size}: {step}" + (f"; the last {size % factor} row(s) are dropped" if size % factor else ""))
+    if factor > 2 and factor & (factor - 1) == 0:  # a power of two
+        lines.append(f"or maxpool(2) {int(math.log2(factor))} times, usually with convolutions between")
+    lines.append(f"not maxpool(2,{factor}): its stride {factor} is larger than its window 2, so {factor - 2} of every "
+                 f"{factor} rows and columns are never looked at")
+    return lines

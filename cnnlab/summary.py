@@ -1,0 +1,315 @@
+"""The summary of any nn.Module: one row per layer call, from forward hooks on a shape-only pass.
+
+The forward pass runs on the meta device (shapes, no arithmetic), so a ResNet-50 summary costs
+milliseconds and the model's own weights are never touched. Parameters are counted on the real
+model, each tensor once. Before each layer runs, `arithmetic.layer_math` checks that it can take its
+input, so an impossible architecture is reported with the layer's name, formula and a fix. The
+receptive field follows tensors through every torch function (a TorchFunctionMode), so it is right
+for branches and residual additions, not only for a plain chain of layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from .arithmetic import LayerMath, Shape, layer_math, receptive_field
+from .errors import ArchitectureError, ModelError, UsageError
+
+Field = tuple[tuple[float, float], tuple[float, float], bool]  # (receptive field, jump, global) on the input
+
+
+@dataclass
+class Row:
+    """One call of one module."""
+
+    name: str  # dotted path, as in model.named_modules(); "" for the model itself
+    kind: str  # class name
+    depth: int
+    in_shape: Shape | None = None
+    out_shape: Shape | None = None  # one sample (no batch dimension); the first tensor of a tuple
+    math: LayerMath | None = None
+    params: int = 0  # of the subtree, counted at its first call only
+    frozen: int = 0  # of those, not trainable
+    mult_adds: int = 0  # of the subtree, this call
+    out_bytes: int = 0
+    reach: Field | None = None  # receptive field and jump of the output
+    call: int = 1  # the n-th call of this module in the forward pass
+    detail: str = ""  # the module's extra_repr, e.g. "1, 64, kernel_size=(3, 3), stride=(1, 1)"
+    leaf: bool = True
+    children: list[Row] = field(default_factory=list, repr=False)
+
+    @property
+    def window(self) -> str:
+        return self.math.window if self.math else ""
+
+    @property
+    def receptive(self) -> str:
+        if self.reach is None:
+            return ""
+        (rh, rw), (jh, jw), is_global = self.reach
+        if is_global:
+            return "all"
+        return f"{rh:g}" if rh == rw else f"{rh:g}x{rw:g}"
+
+    @property
+    def jump(self) -> str:
+        if self.reach is None or self.reach[2]:
+            return ""
+        jh, jw = self.reach[1]
+        return f"{jh:g}" if jh == jw else f"{jh:g}x{jw:g}"
+
+
+@dataclass
+class Summary:
+    """Everything `cnnlab summary` prints, as data."""
+
+    model: str
+    input_shape: Shape
+    batch_size: int
+    rows: list[Row]  # every call, in execution order; `shown(depth)` picks the table's rows
+    total_params: int
+    trainable_params: int
+    buffers: int  # values in buffers (batch-norm running statistics): state, not parameters
+    param_bytes: int
+    buffer_bytes: int
+    input_bytes: int
+    activation_bytes: int  # outputs of every leaf layer in one forward pass of the batch
+    mult_adds: int
+    shared: list[str] = field(default_factory=list)  # notes on parameters used by more than one module
+    warnings: list[str] = field(default_factory=list)
+    output_shape: Shape | None = None
+
+    @property
+    def frozen_params(self) -> int:
+        return self.total_params - self.trainable_params
+
+    def shown(self, depth: int) -> list[Row]:
+        """Rows down to `depth`; a module at the last depth stands for all it contains."""
+        return [r for r in self.rows if 1 <= r.depth <= depth] or [r for r in self.rows if r.depth == 0]
+
+    def __str__(self) -> str:
+        from .formatting import summary_table
+
+        return summary_table(self)
+
+
+def _shape(value: Any) -> Shape | None:
+    tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+    return tuple(tensors[0].shape[1:]) if tensors else None
+
+
+def _nbytes(value: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor))
+
+
+class _FieldTracker(TorchFunctionMode):
+    """Carries each tensor's receptive field through torch functions: the widest of the inputs'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reachs: dict[int, Field] = {}
+        self.keep: list[torch.Tensor] = []  # ids stay unique only while the tensors live
+
+    def get(self, value: Any) -> Field | None:
+        found = [self.reachs[id(t)] for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor) and id(t) in self.reachs]
+        if not found:
+            return None
+        rf = (max(f[0][0] for f in found), max(f[0][1] for f in found))
+        jump = (max(f[1][0] for f in found), max(f[1][1] for f in found))
+        return rf, jump, any(f[2] for f in found)
+
+    def set(self, value: Any, fld: Field | None) -> None:
+        if fld is None:
+            return
+        for t in tree_flatten(value)[0]:
+            if isinstance(t, torch.Tensor):
+                self.reachs[id(t)] = fld
+                self.keep.append(t)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, (torch.Tensor, tuple, list)):
+            self.set(out, self.get((args, kwargs)))  # in place (x += y) merges into x's own field
+        return out
+
+
+def _count(params: Any, seen: set[int]) -> tuple[int, int]:
+    """Numbers of values in `params` (all, frozen), skipping tensors already in `seen`."""
+    total = frozen = 0
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+            frozen += 0 if p.requires_grad else p.numel()
+    return total, frozen
+
+
+def summarize(model: nn.Module, input_shape: Shape, batch_size: int = 1, name: str = "") -> Summary:
+    """Trace `model` on a batch of `input_shape` inputs and summarize every layer call.
+
+    The pass runs on the meta device; a model that the meta device cannot run (one that reads
+    tensor values, say) is traced again with real zeros on its own device.
+    """
+    input_shape = tuple(input_shape)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()  # batch norm on one sample only works in eval mode
+        try:
+            rows, output = _trace(model, input_shape, batch_size, meta=True)
+        except ArchitectureError:
+            raise
+        except Exception:  # noqa: BLE001  (retried for real; a real failure is reported from there)
+            rows, output = _trace(model, input_shape, batch_size, meta=False)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+    notes = _shared_notes(model)
+    params = list({id(p): p for p in model.parameters()}.values())
+    unused = sum(p.numel() for p in params) - rows[0].params  # rows[0] is the model itself
+    if unused > 0:
+        notes.append(f"{unused:,} parameters belong to modules the forward pass does not call; they count in the totals")
+    buffers = list(model.buffers())
+    leaves = [r for r in rows if r.leaf]
+    warnings = [f"{r.name} ({r.kind}): {w}" for r in leaves for w in (r.math.warnings if r.math else [])]
+    return Summary(
+        model=name or type(model).__name__, input_shape=input_shape, batch_size=batch_size, rows=rows,
+        total_params=sum(p.numel() for p in params),
+        trainable_params=sum(p.numel() for p in params if p.requires_grad),
+        buffers=sum(b.numel() for b in buffers),
+        param_bytes=sum(p.numel() * p.element_size() for p in params),
+        buffer_bytes=sum(b.numel() * b.element_size() for b in buffers),
+        input_bytes=batch_size * math.prod(input_shape) * 4,
+        activation_bytes=sum(r.out_bytes for r in leaves),
+        mult_adds=sum(r.mult_adds for r in leaves),
+        shared=notes, warnings=list(dict.fromkeys(warnings)), output_shape=_shape(output),
+    )
+
+
+def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) -> tuple[list[Row], Any]:
+    names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+    # Each module's own parameters, read now: during functional_call the modules hold meta stand-ins.
+    own = {id(m): list(m.parameters(recurse=False)) for _, m in model.named_modules(remove_duplicate=False)}
+    rows: list[Row] = []
+    stack: list[Row] = []
+    calls: dict[int, int] = {}
+    counted: set[int] = set()  # parameters already counted in a row
+    tracker = _FieldTracker()
+
+    def pre(module: nn.Module, args: tuple) -> None:
+        path = names[id(module)]
+        calls[id(module)] = calls.get(id(module), 0) + 1
+        row = Row(path, type(module).__name__, 0 if path == "" else path.count(".") + 1,
+                  in_shape=_shape(args), call=calls[id(module)], leaf=not any(True for _ in module.children()),
+                  detail=module.extra_repr())
+        if stack:
+            stack[-1].children.append(row)
+        stack.append(row)
+        rows.append(row)
+        if row.leaf and row.in_shape is not None:
+            try:
+                row.math = layer_math(module, row.in_shape)
+            except ArchitectureError as exc:
+                raise ArchitectureError(f"layer {path or type(module).__name__} ({row.kind}) on input "
+                                        f"{'x'.join(map(str, row.in_shape))}: {exc}") from None
+            row.reach = tracker.get(args)
+
+    def post(module: nn.Module, args: tuple, output: Any) -> None:
+        row = stack.pop()
+        row.out_shape = _shape(output)
+        if row.call == 1:  # a module called again shows its parameters at its first call only
+            row.params, row.frozen = _count(own[id(module)], counted)
+        if row.leaf:
+            row.out_bytes = _nbytes(output)
+            row.mult_adds = row.math.mult_adds * batch_size if row.math else 0
+            fld = row.reach
+            if row.math and fld is not None:
+                if row.math.is_global:
+                    fld = (fld[0], fld[1], True)
+                elif row.math.kernel and row.math.stride:
+                    rf, jump = receptive_field(fld[0], fld[1], row.math.kernel, row.math.stride)
+                    fld = (rf, jump, fld[2])
+            row.reach = fld if fld is not None else tracker.get(output)
+            tracker.set(output, row.reach)
+        else:  # a container: the sums of what it contains
+            row.params += sum(c.params for c in row.children)
+            row.frozen += sum(c.frozen for c in row.children)
+            row.mult_adds = sum(c.mult_adds for c in row.children)
+            row.out_bytes = sum(c.out_bytes for c in row.children)
+            row.reach = tracker.get(output)
+
+    handles = []
+    for module in dict.fromkeys(m for _, m in model.named_modules(remove_duplicate=False)):
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    device = "meta" if meta else next((p.device for p in model.parameters()), torch.device("cpu"))
+    probe = torch.zeros(batch_size, *input_shape, device=device)  # (N, C, H, W)
+    tracker.set(probe, ((1.0, 1.0), (1.0, 1.0), len(input_shape) != 3))
+    try:
+        with torch.no_grad(), tracker:
+            if meta:
+                weights = {n: torch.empty_like(t, device="meta") for n, t in [*model.named_parameters(), *model.named_buffers()]}
+                output = torch.func.functional_call(model, weights, (probe,))
+            else:
+                output = model(probe)
+    except ArchitectureError:
+        raise
+    except Exception as exc:
+        if meta:
+            raise
+        where = (f" in {stack[-1].name or stack[-1].kind} ({stack[-1].kind}) on input "
+                 f"{'x'.join(map(str, stack[-1].in_shape or ()))}") if stack else ""
+        raise ModelError(f"the model cannot take {'x'.join(map(str, input_shape))} inputs: the forward pass "
+                         f"failed{where}: {exc}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+    return rows, output
+
+
+def _shared_notes(model: nn.Module) -> list[str]:
+    """A note for each parameter tensor that more than one module holds (tied weights)."""
+    notes = []
+    holders: dict[int, list[str]] = {}
+    sizes: dict[int, int] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for p_name, p in module.named_parameters(recurse=False):
+            path = f"{mod_name}.{p_name}" if mod_name else p_name
+            if path not in holders.setdefault(id(p), []):
+                holders[id(p)].append(path)
+            sizes[id(p)] = p.numel()
+    for key, paths in holders.items():
+        if len(paths) > 1:
+            notes.append(f"{' = '.join(paths)}: one tensor of {sizes[key]:,} values, counted once")
+    return notes
+
+
+def summary(model: str | nn.Module, input_shape: str | Shape | None = None, num_classes: int | None = None,
+            batch_size: int = 1) -> Summary:
+    """The summary of a model reference (name, spec, spec file, package.module:attr) or an nn.Module.
+
+    input_shape defaults to a registered model's own, or to the one a spec file names.
+    """
+    from .models import load_model, model_info, short_name
+    from .models.refs import kind_of
+    from .spec import load, parse_shape
+
+    if input_shape is None:
+        if isinstance(model, str) and kind_of(model) == "registered":
+            input_shape = model_info(model).input_shape
+        elif isinstance(model, str) and model.endswith((".json", ".toml")) and load(model).input_shape:
+            input_shape = load(model).input_shape
+        else:
+            raise UsageError("give the input shape, e.g. --input 1x28x28 (CxHxW) or --input 784 (features)")
+    shape = parse_shape(input_shape)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be 1 or more, got {batch_size}")
+    net = load_model(model, shape, num_classes)
+    name = short_name(model) if isinstance(model, str) else type(model).__name__
+    return summarize(net, shape, batch_size, name)
