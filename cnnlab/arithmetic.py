@@ -206,10 +206,9 @@ def _pool(m: nn.MaxPool2d | nn.AvgPool2d, in_shape: Shape) -> LayerMath:
     kind = "max pooling" if isinstance(m, nn.MaxPool2d) else "average pooling"
     _check_stride(s)
     for i in range(2):
-        extent = d[i] * (k[i] - 1) + 1
-        if p[i] > extent // 2:
-            raise _fail(f"{kind} padding {p[i]} is more than half the window {extent}", None,
-                        f"use padding={extent // 2} or less")
+        if p[i] > k[i] // 2:  # PyTorch's rule, on the kernel size before dilation
+            raise _fail(f"{kind} padding {p[i]} is more than half the window {k[i]}", None,
+                        f"use padding={k[i] // 2} or less")
     steps = [pool_size(n, k[i], s[i], p[i], d[i], m.ceil_mode, name) for i, (n, name) in enumerate([(h, "H_out"), (w, "W_out")])]
     for i, (n, axis) in enumerate([(h, "rows"), (w, "columns")]):
         _check_size(steps[i], n, p[i], d[i] * (k[i] - 1) + 1, axis)

@@ -184,7 +184,10 @@ def summary_table(s: Summary, fmt: str = "table", depth: int = 3, explain: bool 
         ("jump", "jump", integer_text), ("output_bytes", "output size", nbytes),
     ]
     title = f"{s.model} on {_shape_text(s.input_shape)} inputs (batch of {s.batch_size})"
-    parts = [table(rows, columns, fmt, title=title), _summary_footer(s)]
+    footer = _summary_footer(s)
+    if fmt == "markdown":
+        footer = "\n".join(f"- {line}" for line in footer.splitlines())
+    parts = [table(rows, columns, fmt, title=title), footer]
     if explain:
         parts.append(_explanations(s))
     return "\n\n".join(parts)
@@ -193,12 +196,13 @@ def summary_table(s: Summary, fmt: str = "table", depth: int = 3, explain: bool 
 def _summary_footer(s: Summary) -> str:
     lines = [
         f"Parameters: {count(s.total_params)}: trainable {s.trainable_params:,}, frozen {s.frozen_params:,}",
-        f"Buffers: {s.buffers:,} values (batch-norm running statistics: state, not parameters)",
         f"Mult-adds: {count(s.mult_adds)} per forward pass of {s.batch_size} image{'s' if s.batch_size > 1 else ''}",
         f"Memory: input {nbytes(s.input_bytes)}, parameters {nbytes(s.param_bytes)}, buffers {nbytes(s.buffer_bytes)}, "
         f"layer outputs {nbytes(s.activation_bytes)} (kept for the backward pass when training)",
         f"Output: {_shape_text(s.output_shape)}",
     ]
+    if s.buffers:
+        lines.insert(1, f"Buffers: {s.buffers:,} values (batch-norm running statistics: state, not parameters)")
     lines += [f"Note: {note}" for note in s.shared]
     lines += [f"Warning: {w}" for w in s.warnings]
     return "\n".join(lines)

@@ -58,6 +58,8 @@ class Kind:
         missing = [a for a in self.args[: self.required] if a not in values]
         if missing:
             raise UsageError(f"{self.name} needs {', '.join(missing)}, e.g. {EXAMPLES[self.name]}")
+        if values.get("stride", 1) is None:  # pooling: the stride defaults to the kernel, as in PyTorch
+            values["stride"] = values["kernel"]
         return values
 
 

@@ -85,3 +85,38 @@ def test_models_and_datasets(capsys, monkeypatch, tmp_path):
     assert main(["datasets", "--data-dir", str(tmp_path), "--format", "json"]) == 0
     found = {row["dataset"]: row["found"] for row in json.loads(capsys.readouterr().out)}
     assert found["sample"] == "shipped with cnnlab" and found["mnist"] == "not found"
+
+
+def test_summary_command(capsys):
+    spec = "conv(64,3) maxpool(2) relu conv(128,3) maxpool(2) relu flatten linear(200) relu linear(10)"
+    assert main(["summary", spec, "--input", "1x28x28", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "Parameters: 716,706" in out and "H_out = floor((28 + 2*0 - 1*(3-1) - 1)/1) + 1 = 26" in out
+    assert "params = 64*(1*3*3) + 64 = 640" in out and "features = 128*5*5 = 3,200" in out
+    assert main(["summary", "seed-mlp", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_params"] == 795_010
+    assert main(["summary", "torchvision.models:resnet18", "--input", "3x64x64", "--classes", "7", "--depth", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "layer4" in out and "layer4.0" not in out and "Output: 7" in out
+
+
+def test_summary_of_an_impossible_spec_exits_2_with_the_fix(capsys):
+    bad = "conv(64,3) maxpool(2) relu conv(128,3) maxpool(2) relu flatten linear(3000,200) relu linear(10)"
+    assert main(["summary", bad, "--input", "1x28x28"]) == 2
+    err = capsys.readouterr().err
+    assert "layer 8 linear1" in err and "Fix: linear(3200,200)" in err and "Traceback" not in err
+    assert main(["summary", "maxpool(2,4) flatten linear(10)", "--input", "1x28x28"]) == 0
+    assert "Warning: maxpool1 (MaxPool2d): stride 4 is larger than the max pooling window 2" in capsys.readouterr().out
+
+
+def test_arith_command(capsys):
+    assert main(["arith", "shape", "conv(10,3) maxpool(4) conv(20,5,padding=2) maxpool(2)", "--input", "3x130x130"]) == 0
+    out = capsys.readouterr().out
+    assert "4. maxpool(2): 20x32x32 -> 20x16x16" in out and "output: 20x16x16 = 5,120 values per image" in out
+    assert main(["arith", "padding", "--kernel", "7"]) == 0
+    assert capsys.readouterr().out.startswith("padding = (7 - 1)/2 = 3")
+    assert main(["arith", "pool", "--factor", "4"]) == 0
+    assert capsys.readouterr().out.startswith("maxpool(4): kernel 4, stride 4")
+    assert main(["arith", "size", "28", "--kernel", "3", "--stride", "2", "--padding", "1"]) == 0
+    assert capsys.readouterr().out.startswith("H_out = floor((28 + 2*1 - 1*(3-1) - 1)/2) + 1 = 14")
+    assert main(["arith", "size", "28", "--kernel", "3", "--stride", "0"]) == 2

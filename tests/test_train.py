@@ -47,6 +47,28 @@ def test_run_folder_contract(trained_run):
     state = torch.load(path / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 3 and "optimizer" in state
     assert not list(path.glob(".*tmp"))  # no temporary files left behind
+    summary = (path / "summary.txt").read_text()
+    assert "Parameters: 716,706" in summary and "params = 200*10 + 10 = 2,010" in summary  # with the formulas
+
+
+def test_a_spec_trains_evaluates_and_predicts(tmp_path, capsys):
+    spec = "conv(8,3,padding=1) batchnorm relu maxpool(2) flatten linear(2)"
+    run = cnnlab.train(spec, "patterns", subset=200, epochs=1, out=tmp_path / "run")
+    banner = capsys.readouterr().out
+    params = 8 * 3 * 3 * 3 + 8 + 16 + 8 * 14 * 14 * 2 + 2  # patterns are 3x28x28
+    assert "conv1" in banner and f"Parameters: {params:,}" in banner  # the summary opens the training output
+    assert run.config["model"] == spec and run.config["parameters"] == params
+    assert cnnlab.evaluate(run).count == len(load_dataset("patterns").test)
+    with pytest.raises(cnnlab.ModelError, match=r"2 classes; end it with a linear layer of 2 outputs"):
+        cnnlab.train("flatten linear(10)", "patterns", out=tmp_path / "bad")
+
+
+def test_a_spec_file_is_stored_as_text(tmp_path):
+    path = tmp_path / "net.toml"
+    path.write_text('layers = "flatten linear(2)"\n')
+    run = cnnlab.train(str(path), "patterns", subset=100, epochs=1, out=tmp_path / "run", verbose=False)
+    path.unlink()  # the run no longer needs the file
+    assert run.config["model"] == "flatten linear(2)" and cnnlab.open_run(run.path).build_model() is not None
 
 
 def test_best_weights_are_kept(tmp_path):

@@ -67,7 +67,9 @@ def import_model(ref: str, num_classes: int | None = None) -> nn.Module:
     if not callable(obj):
         raise ModelError(f"{ref} is a {type(obj).__name__}; give an nn.Module, its class, or a function returning one")
     try:
-        takes = "num_classes" in inspect.signature(obj).parameters
+        params = inspect.signature(obj).parameters
+        # torchvision's builders take num_classes through **kwargs
+        takes = "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
     except (TypeError, ValueError):
         takes = False
     try:
