@@ -181,7 +181,7 @@ def summary_table(s: Summary, fmt: str = "table", depth: int = 3, explain: bool 
         ("window", "kernel /stride pad", plain), ("params_text", "params", integer_text),
         *([("frozen", "frozen", integer)] if s.frozen_params else []),
         ("mult_adds_text", "mult-adds", integer_text), ("receptive_field", "RF", integer_text),
-        ("jump", "jump", integer_text), ("output_bytes", "output size", nbytes),
+        ("jump", "jump", integer_text), ("output_bytes", "output memory", nbytes),
     ]
     title = f"{s.model} on {_shape_text(s.input_shape)} inputs (batch of {s.batch_size})"
     footer = _summary_footer(s)
@@ -215,8 +215,8 @@ def _explanations(s: Summary) -> str:
         if not r.leaf or r.math is None:
             continue
         head = f"{r.name or s.model}  {r.kind}({r.detail})  {_shape_text(r.in_shape)} -> {_shape_text(r.out_shape)}"
-        lines = [f"    {step}" for step in r.math.steps] or ["    shape unchanged"]
+        lines = [f"    {step}" for step in r.math.steps]
         if not any(step.name == "params" for step in r.math.steps):
-            lines.append("    no parameters")
+            lines.append("    no parameters" if lines else "    shape unchanged, no parameters")
         blocks.append("\n".join([head, *lines]))
     return "\n\n".join(blocks)

@@ -329,7 +329,10 @@ def walk(spec: str | Spec, input_shape: str | Shape | None = None) -> list[Built
             module = _module(layer, shape)
             arith = layer_math(module, shape)
         except (ArchitectureError, ValueError, RuntimeError) as exc:
-            raise ArchitectureError(f"layer {i} {name} {layer} on input {'x'.join(map(str, shape))}: {exc}") from None
+            source = f"\n  its input comes from {built[-1].name}: {built[-1].math.steps[0]}" \
+                if built and built[-1].math.steps else ""
+            raise ArchitectureError(
+                f"layer {i} {name} {layer} on input {'x'.join(map(str, shape))}: {exc}{source}") from None
         built.append(Built(name, layer, module, shape, arith))
         shape = arith.out_shape
     return built

@@ -223,7 +223,7 @@ def _fit(
     summary = summarize(net, tuple(dataset.input_shape), name=short_name(config["model"]))
     write_text(out / "summary.txt", summary_table(summary, explain=True) + "\n")
     console = Console(quiet=not verbose, highlight=False, soft_wrap=True)
-    console.print(summary_table(summary), markup=False)
+    console.print(summary_table(summary) + "\n", markup=False)
     console.print(
         f"[bold]{short_name(config['model'])}[/] on [bold]{dataset.name}[/]: {config['parameters']:,} parameters, "
         f"{len(fit):,} training / {len(val):,} validation images {tuple(dataset.input_shape)}, "
