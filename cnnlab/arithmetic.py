@@ -47,9 +47,6 @@ class LayerMath:
     steps: list[Step] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     window: str = ""  # kernel/stride/padding for the summary table, e.g. "3x3 /1 p0"
-    kernel: tuple[int, int] | None = None  # effective (dilated) kernel extent on its input, for the receptive field
-    stride: tuple[float, float] | None = None  # < 1 for a transposed convolution, which upsamples
-    is_global: bool = False  # each output sees the whole input (linear, global pooling)
     mult_adds: int = 0
 
 
@@ -109,10 +106,17 @@ def _fail(what: str, step: Step | None, fix: str) -> ArchitectureError:
     return ArchitectureError("\n".join(lines))
 
 
-def _check_stride(stride: tuple[int, int]) -> None:
+def _check_positive(stride: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> None:
     if min(stride) < 1:
-        raise _fail(f"stride {stride[0] if stride[0] == stride[1] else stride} is not allowed: the window must "
-                    "move at least 1 pixel per step", None, "use stride=1 or more")
+        raise _fail(f"stride {_pair_text(stride)} is not allowed: the window must move at least 1 pixel per step",
+                    None, "use stride=1 or more")
+    if min(dilation) < 1:
+        raise _fail(f"dilation {_pair_text(dilation)} is not allowed: 1 means neighbouring pixels", None,
+                    "use dilation=1 or more")
+
+
+def _pair_text(pair: tuple[int, int]) -> str:
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
 
 
 def _check_size(step: Step, size: int, padding: int, extent: int, axis: str) -> None:
@@ -127,11 +131,15 @@ def _check_size(step: Step, size: int, padding: int, extent: int, axis: str) -> 
 
 
 def _skip_warning(kind: str, kernel: tuple[int, int], stride: tuple[int, int]) -> list[str]:
-    if stride[0] > kernel[0] or stride[1] > kernel[1]:
-        k, s = max(kernel), max(stride)
-        return [f"stride {s} is larger than the {kind} window {k}: {s - k} of every {s} input rows and columns are "
-                f"never seen (lecture 000). Use a window at least as large as the stride, e.g. kernel {s}."]
-    return []
+    """Lecture 000's warning, for the axis that skips the most: a stride larger than the window."""
+    skips = [(stride[i] - kernel[i], i) for i in range(2) if stride[i] > kernel[i]]
+    if not skips:
+        return []
+    _, i = max(skips)
+    axis = "rows" if i == 0 else "columns"
+    return [f"stride {stride[i]} is larger than the {kind} window {kernel[i]}: {stride[i] - kernel[i]} of every "
+            f"{stride[i]} input {axis} are never seen (lecture 000). Use a window at least as large as the stride, "
+            f"e.g. kernel {stride[i]}."]
 
 
 def _spatial(module: nn.Module, in_shape: Shape) -> tuple[int, int, int]:
@@ -150,8 +158,10 @@ def _conv(m: nn.Conv2d, in_shape: Shape) -> LayerMath:
     if c != m.in_channels:
         raise _fail(f"Conv2d expects {m.in_channels} input channels but its input {_show(in_shape)} has {c}", None,
                     f"set in_channels={c} (or let a spec infer it)")
+    if m.out_channels < 1:
+        raise _fail("Conv2d with 0 output channels gives nothing", None, "use 1 or more filters")
     k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
-    _check_stride(s)
+    _check_positive(s, d)
     if isinstance(m.padding, str):  # 'same' pads d*(k-1) in total, the extra pixel after; 'valid' pads nothing
         total = [0, 0] if m.padding == "valid" else [d[i] * (k[i] - 1) for i in range(2)]
         pads = [(t // 2, t - t // 2) for t in total]
@@ -164,14 +174,17 @@ def _conv(m: nn.Conv2d, in_shape: Shape) -> LayerMath:
         _check_size(steps[i], n, pads[i][0], d[i] * (k[i] - 1) + 1, axis)
     params = conv_params(m.out_channels, m.in_channels, k, m.groups, m.bias is not None)
     out_hw = steps[0].value * steps[1].value
-    pad_text = m.padding if isinstance(m.padding, str) else _pair(m.padding)[0]
-    # A 1x1 convolution with stride 2 is a deliberate subsampling projection (ResNet's shortcuts): no warning.
-    skip = _skip_warning("convolution", k, s) if max(k) > 1 else []
+    pad_text = m.padding if isinstance(m.padding, str) else _pair(m.padding)
     return LayerMath(
-        (m.out_channels, steps[0].value, steps[1].value), [*steps, params], skip,
-        window=_window(k, s, pad_text, d), kernel=(d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1), stride=s,
+        (m.out_channels, steps[0].value, steps[1].value), [*steps, params], _conv_skip_warning(k, s),
+        window=_window(k, s, pad_text, d),
         mult_adds=params.value * out_hw,  # weights and biases once per output position, as torchinfo counts
     )
+
+
+def _conv_skip_warning(kernel: tuple[int, int], stride: tuple[int, int]) -> list[str]:
+    # A 1x1 convolution with stride 2 is a deliberate subsampling projection (ResNet's shortcuts): no warning.
+    return _skip_warning("convolution", kernel, stride) if max(kernel) > 1 else []
 
 
 def _conv_transpose(m: nn.ConvTranspose2d, in_shape: Shape) -> LayerMath:
@@ -180,11 +193,12 @@ def _conv_transpose(m: nn.ConvTranspose2d, in_shape: Shape) -> LayerMath:
         raise _fail(f"ConvTranspose2d expects {m.in_channels} input channels but its input {_show(in_shape)} has {c}",
                     None, f"set in_channels={c}")
     k, s, d, p, op = (_pair(v) for v in (m.kernel_size, m.stride, m.dilation, m.padding, m.output_padding))
-    _check_stride(s)
+    _check_positive(s, d)
     steps = [conv_transpose_size(n, k[i], s[i], p[i], op[i], d[i], name)
              for i, (n, name) in enumerate([(h, "H_out"), (w, "W_out")])]
-    if min(steps[0].value, steps[1].value) < 1:
-        raise _fail("the padding removes more than the transposed convolution makes", steps[0], "use less padding")
+    for step in steps:
+        if step.value < 1:
+            raise _fail("the padding removes more than the transposed convolution makes", step, "use less padding")
     groups = m.groups
     weights = m.in_channels * (m.out_channels // groups) * k[0] * k[1]
     bias = m.out_channels if m.bias is not None else 0
@@ -192,8 +206,7 @@ def _conv_transpose(m: nn.ConvTranspose2d, in_shape: Shape) -> LayerMath:
     params = Step("params", f"{m.in_channels}*({per})" + (f" + {bias}" if bias else ""), weights + bias)
     return LayerMath(
         (m.out_channels, steps[0].value, steps[1].value), [*steps, params],
-        window=_window(k, s, p[0], d) + " (transposed)", kernel=(d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1),
-        stride=(1 / s[0], 1 / s[1]),
+        window=_window(k, s, p, d) + " (transposed)",
         # each input position scatters one kernel's weights; each output position gets its bias
         mult_adds=weights * h * w + bias * steps[0].value * steps[1].value,
     )
@@ -204,7 +217,7 @@ def _pool(m: nn.MaxPool2d | nn.AvgPool2d, in_shape: Shape) -> LayerMath:
     k, s, p = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.padding)
     d = _pair(getattr(m, "dilation", 1))
     kind = "max pooling" if isinstance(m, nn.MaxPool2d) else "average pooling"
-    _check_stride(s)
+    _check_positive(s, d)
     for i in range(2):
         if p[i] > k[i] // 2:  # PyTorch's rule, on the kernel size before dilation
             raise _fail(f"{kind} padding {p[i]} is more than half the window {k[i]}", None,
@@ -214,8 +227,7 @@ def _pool(m: nn.MaxPool2d | nn.AvgPool2d, in_shape: Shape) -> LayerMath:
         _check_size(steps[i], n, p[i], d[i] * (k[i] - 1) + 1, axis)
     return LayerMath(
         (c, steps[0].value, steps[1].value), steps, _skip_warning(kind, k, s),
-        window=_window(k, s, p[0], d) + (" ceil" if m.ceil_mode else ""),
-        kernel=(d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1), stride=s,
+        window=_window(k, s, p, d) + (" ceil" if m.ceil_mode else ""),
     )
 
 
@@ -223,14 +235,11 @@ def _adaptive(m: nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d, in_shape: Shape) -
     c, h, w = _spatial(m, in_shape)
     size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, m.output_size)
     oh, ow = (h if size[0] is None else size[0]), (w if size[1] is None else size[1])
+    if min(oh, ow) < 1:
+        raise _fail(f"adaptive pooling to {oh}x{ow} gives no output", None, "use an output size of 1 or more")
     steps = [Step("H_out", f"output_size {oh}", oh, f"from any input height ({h} here)"),
              Step("W_out", f"output_size {ow}", ow, f"from any input width ({w} here)")]
-    if (oh, ow) == (1, 1):
-        return LayerMath((c, 1, 1), steps, window="global", is_global=True)
-    # Adaptive pooling with out < in uses windows of about in/out; as fixed windows: stride in//out.
-    sh, sw = max(h // oh, 1), max(w // ow, 1)
-    kh, kw = h - (oh - 1) * sh, w - (ow - 1) * sw
-    return LayerMath((c, oh, ow), steps, window=f"adaptive {oh}x{ow}", kernel=(max(kh, 1), max(kw, 1)), stride=(sh, sw))
+    return LayerMath((c, oh, ow), steps, window="global" if (oh, ow) == (1, 1) else f"adaptive {oh}x{ow}")
 
 
 def _batchnorm(m: nn.modules.batchnorm._BatchNorm, in_shape: Shape) -> LayerMath:
@@ -264,17 +273,13 @@ def _linear(m: nn.Linear, in_shape: Shape) -> LayerMath:
             f"put flatten before it; flattened, {_show(in_shape)} gives {math.prod(in_shape)} features"
         raise _fail(f"Linear expects in_features={m.in_features} but its input has {got}", None, hint)
     params = linear_params(m.in_features, m.out_features, m.bias is not None)
-    warn = [] if len(in_shape) == 1 else [f"Linear on a {_show(in_shape)} input acts on the last dimension only; "
-                                          "put flatten before it to use every feature"]
-    return LayerMath((*in_shape[:-1], m.out_features), [params], warn, is_global=len(in_shape) == 1,
-                     mult_adds=params.value * math.prod(in_shape[:-1]))
+    # On (H, W, C) inputs (ConvNeXt's channels-last blocks) it acts at every position: a 1x1 convolution.
+    return LayerMath((*in_shape[:-1], m.out_features), [params], mult_adds=params.value * math.prod(in_shape[:-1]))
 
 
-def _window(k: tuple[int, int], s: tuple[int, int], p: int | str, d: tuple[int, int]) -> str:
-    size = f"{k[0]}x{k[1]}"
-    stride = s[0] if s[0] == s[1] else f"{s[0]}x{s[1]}"
-    text = f"{size} /{stride} p{p}" if not isinstance(p, str) else f"{size} /{stride} {p}"
-    return text + (f" d{d[0]}" if max(d) > 1 else "")
+def _window(k: tuple[int, int], s: tuple[int, int], p: tuple[int, int] | str, d: tuple[int, int]) -> str:
+    padding = p if isinstance(p, str) else f"p{_pair_text(p)}"
+    return f"{k[0]}x{k[1]} /{_pair_text(s)} {padding}" + (f" d{_pair_text(d)}" if max(d) > 1 else "")
 
 
 def layer_math(module: nn.Module, in_shape: Shape) -> LayerMath | None:
@@ -322,11 +327,17 @@ def same_padding(kernel: int, stride: int = 1, dilation: int = 1, size: int | No
 
 
 def receptive_field(rf: tuple[float, float], jump: tuple[float, float], kernel: tuple[int, int],
-                    stride: tuple[float, float]) -> tuple[tuple[float, float], tuple[float, float]]:
-    """One layer's effect on the receptive field and the jump (the distance, in input pixels, between outputs)."""
-    new_jump = (jump[0] * stride[0], jump[1] * stride[1])
-    new_rf = (rf[0] + (kernel[0] - 1) * min(jump[0], new_jump[0]), rf[1] + (kernel[1] - 1) * min(jump[1], new_jump[1]))
-    return new_rf, new_jump
+                    stride: tuple[int, int], transposed: bool = False) -> tuple[tuple[float, float], tuple[float, float]]:
+    """One layer's effect on the receptive field and the jump (the distance, in input pixels, between outputs).
+
+    A window of k at stride s adds (k-1) input steps. A transposed convolution upsamples: each
+    output reaches ceil(k/s) inputs, and outputs lie s times closer together.
+    """
+    if transposed:
+        return ((rf[0] + (math.ceil(kernel[0] / stride[0]) - 1) * jump[0],
+                 rf[1] + (math.ceil(kernel[1] / stride[1]) - 1) * jump[1]),
+                (jump[0] / stride[0], jump[1] / stride[1]))
+    return (rf[0] + (kernel[0] - 1) * jump[0], rf[1] + (kernel[1] - 1) * jump[1]), (jump[0] * stride[0], jump[1] * stride[1])
 
 
 def size_answer(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1,
@@ -334,6 +345,9 @@ def size_answer(size: int, kernel: int, stride: int = 1, padding: int = 0, dilat
     """The output size of one convolution or pooling layer, worked out, with what to watch for."""
     if min(size, kernel, stride, dilation) < 1 or padding < 0:
         raise ArchitectureError("size, kernel, stride and dilation must be 1 or more, and padding 0 or more")
+    if pool and padding > kernel // 2:
+        raise ArchitectureError(f"pooling padding {padding} is more than half the window {kernel}; PyTorch refuses it."
+                                f"\n  Fix: use --padding {kernel // 2} or less")
     step = pool_size(size, kernel, stride, padding, dilation, ceil_mode) if pool else \
         conv_size(size, kernel, stride, padding, dilation)
     lines = [str(step)]
@@ -349,7 +363,8 @@ def size_answer(size: int, kernel: int, stride: int = 1, padding: int = 0, dilat
     if span % stride and not ceil_mode:
         lines.append(f"the stride does not fit: the last {span % stride} row(s) and column(s) of the padded input "
                      "are never covered")
-    lines += _skip_warning("pooling" if pool else "convolution", (extent, extent), (stride, stride))
+    window, strides = (extent, extent), (stride, stride)
+    lines += _skip_warning("pooling", window, strides) if pool else _conv_skip_warning(window, strides)
     return lines
 
 
@@ -365,8 +380,9 @@ def padding_answer(kernel: int, stride: int = 1, dilation: int = 1, size: int | 
     if size is not None:
         lines.append(f"check: {conv_size(size, kernel, stride, (before, after), dilation)}")
     elif before == after:
+        dilated = f", dilation={dilation}" if dilation > 1 else ""
         lines.append(f"for any input W: W + 2*{before} - {dilation * (kernel - 1) + 1} + 1 = W "
-                     f"(nn.Conv2d(..., {kernel}, padding={before}) or padding='same')")
+                     f"(nn.Conv2d(..., {kernel}, padding={before}{dilated}) or padding='same')")
     return lines
 
 
@@ -378,9 +394,13 @@ def pool_answer(factor: int, size: int | None = None) -> list[str]:
              f"tile the input without gaps or overlap, so each side is divided by {factor}, rounded down"]
     if size is not None:
         step = pool_size(size, factor, factor)
-        lines.append(f"on {size}: {step}" + (f"; the last {size % factor} row(s) are dropped" if size % factor else ""))
+        if step.value < 1:
+            lines.append(f"on {size}: {step}: no output, the input is smaller than one window")
+        else:
+            lines.append(f"on {size}: {step}" + (f"; the last {size % factor} row(s) are dropped" if size % factor else ""))
     if factor > 2 and factor & (factor - 1) == 0:  # a power of two
         lines.append(f"or maxpool(2) {int(math.log2(factor))} times, usually with convolutions between")
-    lines.append(f"not maxpool(2,{factor}): its stride {factor} is larger than its window 2, so {factor - 2} of every "
-                 f"{factor} rows and columns are never looked at")
+    if factor > 2:
+        lines.append(f"not maxpool(2,{factor}): its stride {factor} is larger than its window 2, so {factor - 2} of "
+                     f"every {factor} rows and columns are never looked at")
     return lines

@@ -154,15 +154,10 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    import warnings
-
-    from .errors import ArchitectureWarning
     from .formatting import summary_table
     from .summary import summary
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ArchitectureWarning)  # the summary lists them itself
-        result = summary(args.model, args.input, args.classes, args.batch_size)
+    result = summary(args.model, args.input, args.classes, args.batch_size)
     print(summary_table(result, args.format, args.depth, args.explain))
 
 
@@ -181,7 +176,7 @@ def cmd_arith(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
-def _shape_lines(spec: str, input_shape: str) -> list[str]:
+def _shape_lines(spec: str, input_shape: str | None) -> list[str]:
     import math
 
     from .spec import walk
@@ -296,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--size", type=int, help="input size to check it on")
     q = questions.add_parser("shape", help="the shape after each layer of a spec, with its formulas")
     q.add_argument("spec", help="e.g. \"conv(10,3) maxpool(4) conv(20,5,padding=2) maxpool(2)\"")
-    q.add_argument("--input", required=True, help="input shape, e.g. 3x130x130")
+    q.add_argument("--input", help="input shape, e.g. 3x130x130 (default: the spec file's)")
 
     p = command("datasets", "list the datasets and where cnnlab finds their files", cmd_datasets)
     _data_flags(p, dataset=False)

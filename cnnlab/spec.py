@@ -54,13 +54,43 @@ class Kind:
             if key in seen:
                 raise UsageError(f"{self.name}: {key} is given twice")
             seen.add(key)
-            values[key] = value
+            values[key] = _checked(self.name, key, value)
         missing = [a for a in self.args[: self.required] if a not in values]
         if missing:
             raise UsageError(f"{self.name} needs {', '.join(missing)}, e.g. {EXAMPLES[self.name]}")
         if values.get("stride", 1) is None:  # pooling: the stride defaults to the kernel, as in PyTorch
             values["stride"] = values["kernel"]
         return values
+
+
+_BOOLS = {"bias", "ceil_mode", "affine", "count_include_pad"}
+_INTS = {"out", "kernel", "stride", "padding", "dilation", "groups", "in", "output_padding", "size", "dim"}
+_PAIRS = {"kernel", "stride", "padding", "dilation", "output_padding", "size"}  # may be written 3x5
+_AT_LEAST_1 = {"out", "groups", "size", "in"}  # kernel, stride, dilation 0 are architecture errors, with a fix
+
+
+def _checked(kind: str, key: str, value: Value) -> Value:
+    """The value if its type fits the argument (an int where PyTorch needs one), else a UsageError."""
+    if key in _BOOLS:
+        ok, what = isinstance(value, bool), "true or false"
+    elif key in _INTS:
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (key in _PAIRS and isinstance(value, tuple))
+        ok = ok or (key == "padding" and value in ("same", "valid"))
+        what = "a whole number" + (" or a pair like 3x5" if key in _PAIRS else "") + \
+            (", same or valid" if key == "padding" else "")
+    else:
+        ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        value = float(value) if ok else value
+    if not ok:
+        raise UsageError(f"{kind}: {key} must be {what}, not {_format(value)}")
+    numbers = value if isinstance(value, tuple) else (value,)
+    if key in _AT_LEAST_1 and min(numbers) < 1:  # type: ignore[type-var]
+        raise UsageError(f"{kind}: {key} must be 1 or more, not {_format(value)}")
+    if key in ("padding", "output_padding") and not isinstance(value, str) and min(numbers) < 0:  # type: ignore[type-var]
+        raise UsageError(f"{kind}: {key} must be 0 or more, not {_format(value)}")
+    if key == "p" and not 0 <= value <= 1:  # type: ignore[operator]
+        raise UsageError(f"{kind}: the dropout probability p must be between 0 and 1, not {_format(value)}")
+    return value
 
 
 _CONV = ("out", "kernel", "stride", "padding", "dilation", "groups", "bias", "in")
@@ -113,7 +143,7 @@ def _value(text: str) -> Value:
     except ValueError:
         pass
     if re.fullmatch(r"[A-Za-z_]+", text):
-        return text
+        return text.lower()
     raise UsageError(f"cannot read the value {text!r}: use a number, true/false, a word or a pair like 3x5")
 
 
@@ -191,8 +221,13 @@ def parse(text: str) -> Spec:
 
 def parse_shape(text: str | Shape) -> Shape:
     """`1x28x28` -> (1, 28, 28); a single number is a flat input of that many features."""
-    if not isinstance(text, str):
-        shape = tuple(int(n) for n in text)
+    if isinstance(text, int) and not isinstance(text, bool):
+        shape: Shape = (text,)  # a JSON spec file may write "input": 784
+    elif not isinstance(text, str):
+        try:
+            shape = tuple(int(n) for n in text)
+        except (TypeError, ValueError):
+            raise UsageError(f"cannot read the input shape {text!r}: write it as CxHxW, e.g. 1x28x28") from None
     else:
         try:
             shape = tuple(int(n) for n in re.split(r"[x,]", text.strip("() ").replace(" ", "")))
@@ -233,7 +268,15 @@ def _layer_from(item: Any, path: Path) -> Layer:
     if isinstance(item, str):
         return parse_layer(item)
     if isinstance(item, dict) and isinstance(item.get("type"), str):
-        given = [(k, tuple(v) if isinstance(v, list) else v) for k, v in item.items() if k != "type"]
+        given = []
+        for key, value in item.items():
+            if key == "type" or value is None:  # null: the default
+                continue
+            if isinstance(value, list):
+                if len(value) != 2:
+                    raise UsageError(f"{path}: {item['type']} {key} {value} must be one number or two")
+                value = tuple(value)
+            given.append((key, value.lower() if isinstance(value, str) else value))
         return parse_layer(item["type"], given)
     raise UsageError(f"{path}: each layer is a string like \"conv(64,3)\" or a table with a \"type\", not {item!r}")
 
@@ -263,10 +306,13 @@ def _module(layer: Layer, shape: Shape) -> nn.Module:
         what = "features" if kind == "linear" else "channels"
         raise ArchitectureError(f"{layer} expects {stated} input {what} but its input has {shape[0]}\n"
                                 f"  Fix: {_with_in(layer, shape[0])}, or leave the number out to infer it")
-    for key in ("stride", "kernel"):
-        if key in v and v[key] is not None and min(v[key] if isinstance(v[key], tuple) else (v[key],)) < 1:
+    for key in ("stride", "kernel", "dilation"):
+        if key in v and min(v[key] if isinstance(v[key], tuple) else (v[key],)) < 1:
             raise ArchitectureError(f"{key} {_format(v[key])} is not allowed: it must be 1 or more\n"
                                     f"  Fix: use {key}=1 or more")
+    if kind == "softmax" and not -len(shape) - 1 <= v["dim"] <= len(shape):
+        raise ArchitectureError(f"softmax over dim {v['dim']}, but its input has {len(shape) + 1} dims "
+                                f"(the batch and {'x'.join(map(str, shape))})\n  Fix: softmax(dim=1), over the classes")
     if kind == "conv" and v["padding"] == "same" and v["stride"] != 1:
         s = v["stride"] if isinstance(v["stride"], int) else max(v["stride"])
         k = v["kernel"] if isinstance(v["kernel"], int) else max(v["kernel"])
@@ -328,7 +374,7 @@ def walk(spec: str | Spec, input_shape: str | Shape | None = None) -> list[Built
         try:
             module = _module(layer, shape)
             arith = layer_math(module, shape)
-        except (ArchitectureError, ValueError, RuntimeError) as exc:
+        except (ArchitectureError, ValueError, RuntimeError, TypeError) as exc:
             source = f"\n  its input comes from {built[-1].name}: {built[-1].math.steps[0]}" \
                 if built and built[-1].math.steps else ""
             raise ArchitectureError(

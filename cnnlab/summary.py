@@ -105,20 +105,47 @@ def _shape(value: Any) -> Shape | None:
     return tuple(tensors[0].shape[1:]) if tensors else None
 
 
+def _input_itemsize(model: nn.Module) -> int:
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return first.element_size() if first is not None else 4
+
+
 def _nbytes(value: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor))
 
 
+# Functions with a window, and where their arguments sit: (kernel from the weight?, kernel, stride,
+# dilation) positions after the input. Their module forms (nn.Conv2d, nn.MaxPool2d, ...) call them.
+_WINDOWED = {
+    "conv2d": ("weight", 1, 3, 5), "conv_transpose2d": ("weight", 1, 3, 7),
+    "max_pool2d": ("size", 1, 2, 4), "_max_pool2d": ("size", 1, 2, 4), "max_pool2d_with_indices": ("size", 1, 2, 4),
+    "avg_pool2d": ("size", 1, 2, None),
+}
+_ADAPTIVE = ("adaptive_avg_pool2d", "adaptive_max_pool2d", "_adaptive_max_pool2d", "adaptive_max_pool2d_with_indices")
+_REDUCTIONS = ("mean", "sum", "amax", "amin", "max", "min", "logsumexp")
+
+
+def _arg(args: tuple, kwargs: dict, index: int | None, name: str, default: Any) -> Any:
+    if index is not None and index < len(args):
+        return args[index]
+    return kwargs.get(name, default)
+
+
 class _FieldTracker(TorchFunctionMode):
-    """Carries each tensor's receptive field through torch functions: the widest of the inputs'."""
+    """Carries each tensor's receptive field and jump through every torch function.
+
+    Convolutions and pooling (module or functional) grow it by their window; global pooling,
+    a spatial mean and a linear layer on flat features make it "all"; any other op takes the
+    widest of its inputs, which is right for activations, additions and concatenations.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.reachs: dict[int, Field] = {}
+        self.known: dict[int, Field] = {}
         self.keep: list[torch.Tensor] = []  # ids stay unique only while the tensors live
 
     def get(self, value: Any) -> Field | None:
-        found = [self.reachs[id(t)] for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor) and id(t) in self.reachs]
+        found = [self.known[id(t)] for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor) and id(t) in self.known]
         if not found:
             return None
         rf = (max(f[0][0] for f in found), max(f[0][1] for f in found))
@@ -130,14 +157,50 @@ class _FieldTracker(TorchFunctionMode):
             return
         for t in tree_flatten(value)[0]:
             if isinstance(t, torch.Tensor):
-                self.reachs[id(t)] = fld
+                self.known[id(t)] = fld
                 self.keep.append(t)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         if isinstance(out, (torch.Tensor, tuple, list)):
-            self.set(out, self.get((args, kwargs)))  # in place (x += y) merges into x's own field
+            fld = self.get((args, kwargs))  # in place (x += y) merges into x's own field
+            if fld is not None and args and isinstance(args[0], torch.Tensor):
+                fld = self._through(getattr(func, "__name__", ""), args, kwargs, fld)
+            self.set(out, fld)
         return out
+
+    @staticmethod
+    def _through(name: str, args: tuple, kwargs: dict, fld: Field) -> Field:
+        rf, jump, is_global = fld
+        x = args[0]
+        if is_global or x.dim() != 4:
+            return (rf, jump, True) if name == "linear" and x.dim() == 2 else fld
+        if name in _ADAPTIVE:
+            size = _arg(args, kwargs, 1, "output_size", 1)
+            return (rf, jump, True) if size in (1, (1, 1), [1, 1]) else fld
+        if name in _REDUCTIONS:
+            dims = _arg(args, kwargs, 1, "dim", None)
+            dims = {d % 4 for d in ((dims,) if isinstance(dims, int) else dims)} if dims is not None else {2, 3}
+            return (rf, jump, True) if {2, 3} <= dims else fld
+        if name not in _WINDOWED:
+            return fld
+        source, k_at, s_at, d_at = _WINDOWED[name]
+        if source == "weight":
+            kernel = tuple(args[1].shape[-2:]) if len(args) > 1 else tuple(kwargs["weight"].shape[-2:])
+        else:
+            kernel = _arg(args, kwargs, k_at, "kernel_size", 1)
+        stride = _arg(args, kwargs, s_at, "stride", None if source == "size" else 1)
+        stride = stride if stride not in (None, (), []) else kernel  # pooling: the stride defaults to the kernel
+        dilation = _pair(_arg(args, kwargs, d_at, "dilation", 1)) if d_at is not None else (1, 1)
+        k = _pair(kernel)
+        extent = (dilation[0] * (k[0] - 1) + 1, dilation[1] * (k[1] - 1) + 1)
+        rf, jump = receptive_field(rf, jump, extent, _pair(stride), transposed=name == "conv_transpose2d")
+        return rf, jump, False
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[-1]))
 
 
 def _count(params: Any, seen: set[int]) -> tuple[int, int]:
@@ -186,7 +249,7 @@ def summarize(model: nn.Module, input_shape: Shape, batch_size: int = 1, name: s
         buffers=sum(b.numel() for b in buffers),
         param_bytes=sum(p.numel() * p.element_size() for p in params),
         buffer_bytes=sum(b.numel() * b.element_size() for b in buffers),
-        input_bytes=batch_size * math.prod(input_shape) * 4,
+        input_bytes=batch_size * math.prod(input_shape) * _input_itemsize(model),
         activation_bytes=sum(r.out_bytes for r in leaves),
         mult_adds=sum(r.mult_adds for r in leaves),
         shared=notes, warnings=list(dict.fromkeys(warnings)), output_shape=_shape(output),
@@ -219,37 +282,29 @@ def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) ->
             except ArchitectureError as exc:
                 raise ArchitectureError(f"layer {path or type(module).__name__} ({row.kind}) on input "
                                         f"{'x'.join(map(str, row.in_shape))}: {exc}") from None
-            row.reach = tracker.get(args)
 
     def post(module: nn.Module, args: tuple, output: Any) -> None:
         row = stack.pop()
         row.out_shape = _shape(output)
         if row.call == 1:  # a module called again shows its parameters at its first call only
             row.params, row.frozen = _count(own[id(module)], counted)
+        row.reach = tracker.get(output)
         if row.leaf:
             row.out_bytes = _nbytes(output)
-            row.mult_adds = row.math.mult_adds * batch_size if row.math else 0
-            fld = row.reach
-            if row.math and fld is not None:
-                if row.math.is_global:
-                    fld = (fld[0], fld[1], True)
-                elif row.math.kernel and row.math.stride:
-                    rf, jump = receptive_field(fld[0], fld[1], row.math.kernel, row.math.stride)
-                    fld = (rf, jump, fld[2])
-            row.reach = fld if fld is not None else tracker.get(output)
-            tracker.set(output, row.reach)
+            row.mult_adds = row.math.mult_adds * batch_size if row.math else _other_mult_adds(module, output)
         else:  # a container: the sums of what it contains
             row.params += sum(c.params for c in row.children)
             row.frozen += sum(c.frozen for c in row.children)
             row.mult_adds = sum(c.mult_adds for c in row.children)
             row.out_bytes = sum(c.out_bytes for c in row.children)
-            row.reach = tracker.get(output)
 
     handles = []
     for module in dict.fromkeys(m for _, m in model.named_modules(remove_duplicate=False)):
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    device = "meta" if meta else next((p.device for p in model.parameters()), torch.device("cpu"))
-    probe = torch.zeros(batch_size, *input_shape, device=device)  # (N, C, H, W)
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device = "meta" if meta else (first.device if first is not None else torch.device("cpu"))
+    dtype = first.dtype if first is not None else torch.float32  # a .double() or .half() model takes its own
+    probe = torch.zeros(batch_size, *input_shape, device=device, dtype=dtype)  # (N, C, H, W)
     tracker.set(probe, ((1.0, 1.0), (1.0, 1.0), len(input_shape) != 3))
     try:
         with torch.no_grad(), tracker:
@@ -271,6 +326,17 @@ def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) ->
         for h in handles:
             h.remove()
     return rows, output
+
+
+def _other_mult_adds(module: nn.Module, output: Any) -> int:
+    """Mult-adds of a layer cnnlab has no formula for, counted as torchinfo counts them: each weight
+    and bias once per output position for a convolution (Conv1d, Conv3d), once per sample otherwise."""
+    out = next((t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)), None)
+    params = sum(p.numel() for p in module.parameters(recurse=False))
+    if out is None or not params:
+        return 0
+    per = math.prod(out.shape[:1] + out.shape[2:]) if "Conv" in type(module).__name__ else out.shape[0]
+    return params * per
 
 
 def _shared_notes(model: nn.Module) -> list[str]:

@@ -65,6 +65,12 @@ def test_answers():
     assert any("never seen" in line for line in size_answer(28, 2, stride=4, pool=True))
     with pytest.raises(ArchitectureError, match="depends on the input size"):
         padding_answer(3, stride=2)
+    with pytest.raises(ArchitectureError, match="more than half the window 3"):
+        size_answer(28, 3, padding=5, pool=True)
+    assert "no output" in pool_answer(4, 3)[1]
+    assert not any(line.startswith("not maxpool") for line in pool_answer(2))
+    assert "dilation=2" in padding_answer(3, dilation=2)[1]
+    assert not any("never seen" in line for line in size_answer(28, 1, stride=2))  # 1x1: a projection
 
 
 def test_batchnorm_parameters_and_buffers():
@@ -93,6 +99,11 @@ def test_flatten_and_linear():
     (nn.MaxPool2d(3), (4, 2, 2), r"spans 3 rows, more than the padded input 2 \+ 2\*0 = 2"),
     (nn.BatchNorm2d(16), (8, 4, 4), r"BatchNorm2d\(8\)"),
     (nn.Conv2d(1, 8, 3), (784,), r"needs a \(C, H, W\) input but gets 784"),
+    (nn.Conv2d(1, 8, 3, dilation=0), (1, 28, 28), r"dilation 0 is not allowed"),
+    (nn.MaxPool2d(2, dilation=(1, 0)), (1, 28, 28), r"dilation 1x0 is not allowed"),
+    (nn.Conv2d(1, 0, 3), (1, 28, 28), r"0 output channels"),
+    (nn.AdaptiveAvgPool2d(0), (1, 28, 28), r"adaptive pooling to 0x0 gives no output"),
+    (nn.ConvTranspose2d(1, 1, (3, 1), padding=(0, 1)), (1, 1, 1), r"W_out = \(1 - 1\)\*1 - 2\*1"),
 ])
 def test_impossible_layers(module, shape, expected):
     with pytest.raises(ArchitectureError, match=expected):
@@ -103,12 +114,30 @@ def test_stride_larger_than_window_warns():
     assert "never seen" in layer_math(nn.MaxPool2d(2, 4), (1, 28, 28)).warnings[0]
     assert layer_math(nn.MaxPool2d(4, 4), (1, 28, 28)).warnings == []
     assert layer_math(nn.Conv2d(1, 1, 1, stride=2), (1, 28, 28)).warnings == []  # a 1x1 projection, by design
-    assert "last dimension only" in layer_math(nn.Linear(5, 2), (128, 5, 5)).warnings[0]
+    linear = layer_math(nn.Linear(5, 2), (128, 5, 5))  # channels-last use (ConvNeXt): a 1x1 convolution
+    assert linear.out_shape == (128, 5, 2) and linear.warnings == [] and linear.mult_adds == 12 * 128 * 5
+    # non-square: the axis that skips is named, with its own numbers
+    warning = layer_math(nn.Conv2d(1, 1, (1, 3), stride=(2, 1)), (1, 28, 28)).warnings[0]
+    assert warning.startswith("stride 2 is larger than the convolution window 1: 1 of every 2 input rows")
+    assert layer_math(nn.MaxPool2d((1, 3), stride=(1, 3)), (1, 28, 28)).warnings == []
 
 
 def test_same_padding_conv_module():
     math = layer_math(nn.Conv2d(1, 4, 4, padding="same"), (1, 9, 9))  # even kernel: 1 before, 2 after
     assert math.out_shape == (4, 9, 9) and "9 + 1 + 2" in math.steps[0].formula
+
+
+def test_window_text_shows_both_paddings():
+    assert layer_math(nn.Conv2d(1, 8, 3, padding=(0, 1)), (1, 9, 9)).window == "3x3 /1 p0x1"
+    assert layer_math(nn.Conv2d(1, 8, 3, stride=(1, 2), dilation=2), (1, 9, 9)).window == "3x3 /1x2 p0 d2"
+
+
+def test_receptive_field_of_upsampling():
+    # avgpool(2) twice: rf 4, jump 4; a 2x2 transposed convolution at stride 2 reaches 1 input each
+    rf, jump = receptive_field((4, 4), (4, 4), (2, 2), (2, 2), transposed=True)
+    assert rf == (4, 4) and jump == (2, 2)
+    rf, jump = receptive_field((4, 4), (4, 4), (3, 3), (2, 2), transposed=True)  # ceil(3/2) = 2 inputs
+    assert rf == (8, 8) and jump == (2, 2)
 
 
 def test_receptive_field_chain():

@@ -96,5 +96,5 @@ def test_duplicate_registration_raises(monkeypatch):
 def test_wrong_output_size_is_caught(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_model("test-bad-head")(lambda shape, k: nn.Sequential(nn.Flatten(), nn.Linear(784, k + 1)))
-    with pytest.raises(ModelError, match=r"outputs of shape \(1, 11\), expected \(1, 10\)"):
+    with pytest.raises(ModelError, match=r"outputs of shape \(11,\), expected \(10,\)"):
         get_model("test-bad-head")

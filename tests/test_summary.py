@@ -153,6 +153,42 @@ def test_receptive_field_through_a_residual_add_and_a_reused_module():
     assert "relu (call 2)" in summary_table(s)
 
 
+class Functional(nn.Module):
+    """A LeNet-style model that pools with torch.nn.functional."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Linear(4 * 5 * 5, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(nn.functional.relu(self.c1(x)), 2)
+        x = nn.functional.max_pool2d(nn.functional.relu(self.c2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+def test_receptive_field_through_functional_pooling_and_upsampling():
+    s = summarize(Functional(), (1, 28, 28))
+    rows = {r.name: r for r in s.rows}
+    assert (rows["c2"].receptive, rows["c2"].jump) == ("8", "2") and rows["fc"].receptive == "all"
+    up = summary("avgpool(2) avgpool(2) convtranspose(4,2,stride=2) convtranspose(4,2,stride=2)", "1x64x64")
+    assert [(r.receptive, r.jump) for r in up.rows[1:]] == [("2", "2"), ("4", "4"), ("4", "2"), ("4", "1")]
+    mobilenet = summarize(pytest.importorskip("torchvision").models.mobilenet_v2(), (3, 64, 64))
+    assert next(r for r in mobilenet.rows if r.name == "classifier.1").receptive == "all"  # after F.adaptive_avg_pool2d
+
+
+def test_models_in_other_precisions():
+    model = build("conv(4,3) relu flatten linear(10)", "1x8x8").double()
+    s = summarize(model, (1, 8, 8))
+    assert s.input_bytes == 64 * 8 and s.param_bytes == s.total_params * 8 and s.output_shape == (10,)
+
+
+def test_layers_without_formulas_count_mult_adds_as_torchinfo_does():
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4 * 14, 3))
+    s = summarize(model, (2, 16))
+    info = torchinfo.summary(model, input_size=(1, 2, 16), verbose=0)
+    assert (s.total_params, s.mult_adds) == (info.total_params, info.total_mult_adds)
+
+
 class Tied(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ from .registry import output_shape, register_model
 
 def flat_features(features: nn.Module, input_shape: tuple[int, int, int]) -> int:
     """How many numbers `features` produces per image: the in_features of the next linear layer."""
-    return math.prod(output_shape(features, input_shape)[1:])
+    return math.prod(output_shape(features, input_shape))
 
 
 @register_model("seed-mlp", "lecture 001's MLP: flatten, 1000 hidden units, ReLU", source="lecture 001")

@@ -10,11 +10,12 @@ import importlib
 import inspect
 import os
 import sys
+import warnings
 from typing import Any
 
 from torch import nn
 
-from ..errors import ModelError, UsageError
+from ..errors import ArchitectureWarning, ModelError, UsageError
 from .registry import _REGISTRY, get_model, model_info
 
 
@@ -94,11 +95,13 @@ def load_model(ref: str | nn.Module, input_shape: tuple[int, ...], num_classes: 
         if kind == "registered":
             if len(input_shape) != 3:
                 raise UsageError(f"{ref} takes CxHxW inputs, not {'x'.join(map(str, input_shape))}")
-            return get_model(ref, input_shape, num_classes or 10)  # type: ignore[arg-type]
+            return get_model(ref, input_shape, 10 if num_classes is None else num_classes)  # type: ignore[arg-type]
         if kind == "spec":
             from ..spec import build
 
-            model = build(ref, input_shape)
+            with warnings.catch_warnings():  # the summary lists them, with the layer names
+                warnings.simplefilter("ignore", ArchitectureWarning)
+                model = build(ref, input_shape)
         else:
             model = import_model(ref, num_classes)
     if num_classes is not None:

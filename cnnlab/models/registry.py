@@ -10,10 +10,9 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ArchitectureError, ModelError
 
 Builder = Callable[[tuple[int, int, int], int], nn.Module]
 
@@ -66,23 +65,17 @@ def get_model(name: str, input_shape: tuple[int, int, int] = (1, 28, 28), num_cl
     try:
         model = info.builder(tuple(input_shape), num_classes)
         shape = output_shape(model, input_shape)
-    except (RuntimeError, ValueError) as exc:
-        c, h, w = input_shape
-        raise ModelError(f"model {name!r} cannot take {c}x{h}x{w} inputs: {exc}") from exc
-    if tuple(shape) != (1, num_classes):
-        raise ModelError(f"model {name!r} gives outputs of shape {tuple(shape)}, expected (1, {num_classes})")
+    except (ModelError, RuntimeError, ValueError) as exc:
+        kind = ArchitectureError if isinstance(exc, ArchitectureError) else ModelError
+        raise kind(f"model {name!r} cannot take {'x'.join(map(str, input_shape))} inputs: {exc}") from exc
+    if shape != (num_classes,):
+        raise ModelError(f"model {name!r} gives outputs of shape {shape}, expected ({num_classes},)")
     return model
 
 
-def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> torch.Size:
-    """The output shape for one input of `input_shape`, from a forward pass on the meta device.
+def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The output shape for one input of `input_shape` (no batch dimension), from the summary's
+    shape-only pass: each layer is checked first, so a size that cannot work names its layer."""
+    from ..summary import summarize  # the summary module imports the registry for references
 
-    The meta device only tracks shapes, so this costs no arithmetic and leaves the module's
-    own weights where they are.
-    """
-    meta = {
-        name: torch.empty_like(tensor, device="meta")
-        for name, tensor in [*module.named_parameters(), *module.named_buffers()]
-    }
-    probe = torch.empty(1, *input_shape, device="meta")  # (1, C, H, W)
-    return torch.func.functional_call(module, meta, (probe,)).shape
+    return summarize(module, tuple(input_shape)).output_shape or ()
