@@ -120,3 +120,10 @@ def test_arith_command(capsys):
     assert main(["arith", "size", "28", "--kernel", "3", "--stride", "2", "--padding", "1"]) == 0
     assert capsys.readouterr().out.startswith("H_out = floor((28 + 2*1 - 1*(3-1) - 1)/2) + 1 = 14")
     assert main(["arith", "size", "28", "--kernel", "3", "--stride", "0"]) == 2
+
+
+def test_arith_shape_takes_the_input_of_a_spec_file(tmp_path, capsys):
+    path = tmp_path / "q.toml"
+    path.write_text('input = "3x130x130"\nlayers = "conv(10,3) maxpool(4) conv(20,5,padding=2) maxpool(2)"\n')
+    assert main(["arith", "shape", str(path)]) == 0
+    assert "output: 20x16x16" in capsys.readouterr().out

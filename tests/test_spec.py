@@ -152,3 +152,46 @@ def test_parse_shape(text, shape):
 def test_bad_shapes(text):
     with pytest.raises(UsageError):
         parse_shape(text)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("conv(64.0,3)", "conv: out must be a whole number, not 64.0"),
+    ("conv(8,3,bias=1)", "conv: bias must be true or false, not 1"),
+    ("conv(8,3,padding=wide)", "padding must be a whole number or a pair like 3x5, same or valid, not wide"),
+    ("conv(0,3)", "conv: out must be 1 or more, not 0"),
+    ("adaptiveavgpool(0)", "size must be 1 or more"),
+    ("conv(8,3,padding=-1)", "padding must be 0 or more"),
+    ("dropout(1.5)", "between 0 and 1"),
+])
+def test_values_must_fit_their_argument(text, message):
+    with pytest.raises(UsageError, match=message):
+        parse(text)
+
+
+def test_words_and_file_values_are_normalized(tmp_path):
+    assert str(parse("conv(8,3,padding=SAME)")) == "conv(8,3,padding=same)"
+    assert parse("dropout(1)").layers[0].values["p"] == 1.0  # a number where a float is wanted
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps({"input": 784, "layers": [{"type": "linear", "out": 10, "in": None}]}))
+    spec = load(path)
+    assert spec.input_shape == (784,) and str(spec) == "linear(out=10)"  # null means the default
+    pooled = tmp_path / "pool.json"
+    pooled.write_text(json.dumps({"input": "1x8x8", "layers": [{"type": "maxpool", "kernel": [2, 2], "stride": None}]}))
+    assert str(load(pooled)) == "maxpool(kernel=2x2)" and build(str(pooled))[0].stride == (2, 2)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("conv(8,3,dilation=0)", "dilation 0 is not allowed"),
+    ("softmax(dim=5)", r"softmax over dim 5, but its input has 4 dims"),
+])
+def test_more_impossible_layers(text, message):
+    with pytest.raises(ArchitectureError, match=message):
+        build(text, "1x28x28")
+
+
+def test_registered_models_name_the_layer_that_cannot_work():
+    from cnnlab.models import get_model
+
+    with pytest.raises(ArchitectureError, match=r"model 'seed-cnn' cannot take 3x6x6 inputs: layer 3 \(Conv2d\) "
+                                                r"on input 64x2x2[\s\S]*H_out = floor\(\(2 \+ 2\*0"):
+        get_model("seed-cnn", (3, 6, 6))
