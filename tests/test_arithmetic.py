@@ -105,6 +105,7 @@ def test_flatten_and_linear():
     (nn.AdaptiveAvgPool2d(0), (1, 28, 28), r"adaptive pooling to 0x0 gives no output"),
     (nn.ConvTranspose2d(1, 1, (3, 1), padding=(0, 1)), (1, 1, 1), r"W_out = \(1 - 1\)\*1 - 2\*1"),
 ])
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # the Conv2d(1, 0, 3) case
 def test_impossible_layers(module, shape, expected):
     with pytest.raises(ArchitectureError, match=expected):
         layer_math(module, shape)

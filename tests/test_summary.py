@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from cnnlab import build, list_models
-from cnnlab.arithmetic import conv_size, pool_size
 from cnnlab.errors import ArchitectureError, ArchitectureWarning, ModelError, UsageError
 from cnnlab.formatting import nbytes, summary_table
 from cnnlab.models import model_info
