@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -89,6 +91,12 @@ def test_flatten_and_linear():
     assert layer_math(nn.Linear(3200, 200), (3200,)).mult_adds == 640_200
 
 
+def _no_filters() -> nn.Conv2d:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns that it cannot initialize an empty weight
+        return nn.Conv2d(1, 0, 3)
+
+
 @pytest.mark.parametrize("module,shape,expected", [
     (nn.Conv2d(1, 8, 5), (1, 4, 4), r"H_out = floor\(\(4 \+ 2\*0 - 1\*\(5-1\) - 1\)/1\) \+ 1 = 0[\s\S]*Fix: use padding=1"),
     (nn.Conv2d(1, 8, 3, stride=0), (1, 28, 28), r"stride 0 is not allowed[\s\S]*Fix"),
@@ -101,11 +109,10 @@ def test_flatten_and_linear():
     (nn.Conv2d(1, 8, 3), (784,), r"needs a \(C, H, W\) input but gets 784"),
     (nn.Conv2d(1, 8, 3, dilation=0), (1, 28, 28), r"dilation 0 is not allowed"),
     (nn.MaxPool2d(2, dilation=(1, 0)), (1, 28, 28), r"dilation 1x0 is not allowed"),
-    (nn.Conv2d(1, 0, 3), (1, 28, 28), r"0 output channels"),
+    (_no_filters(), (1, 28, 28), r"0 output channels"),
     (nn.AdaptiveAvgPool2d(0), (1, 28, 28), r"adaptive pooling to 0x0 gives no output"),
     (nn.ConvTranspose2d(1, 1, (3, 1), padding=(0, 1)), (1, 1, 1), r"W_out = \(1 - 1\)\*1 - 2\*1"),
 ])
-@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # the Conv2d(1, 0, 3) case
 def test_impossible_layers(module, shape, expected):
     with pytest.raises(ArchitectureError, match=expected):
         layer_math(module, shape)
