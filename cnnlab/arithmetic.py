@@ -50,7 +50,7 @@ class LayerMath:
     mult_adds: int = 0
 
 
-def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+def as_pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[-1]))
 
 
@@ -144,37 +144,38 @@ def _skip_warning(kind: str, kernel: tuple[int, int], stride: tuple[int, int]) -
 
 def _spatial(module: nn.Module, in_shape: Shape) -> tuple[int, int, int]:
     if len(in_shape) != 3:
-        raise _fail(f"{type(module).__name__} needs a (C, H, W) input but gets {_show(in_shape)}", None,
+        raise _fail(f"{type(module).__name__} needs a (C, H, W) input but gets {shape_text(in_shape)}", None,
                     "do not flatten before this layer, or give --input as CxHxW")
     return in_shape  # type: ignore[return-value]
 
 
-def _show(shape: Shape) -> str:
+def shape_text(shape: Shape) -> str:
+    """(1, 28, 28) -> '1x28x28', as shapes are written on the command line."""
     return "x".join(str(n) for n in shape) if shape else "a scalar"
 
 
 def _conv(m: nn.Conv2d, in_shape: Shape) -> LayerMath:
     c, h, w = _spatial(m, in_shape)
     if c != m.in_channels:
-        raise _fail(f"Conv2d expects {m.in_channels} input channels but its input {_show(in_shape)} has {c}", None,
+        raise _fail(f"Conv2d expects {m.in_channels} input channels but its input {shape_text(in_shape)} has {c}", None,
                     f"set in_channels={c} (or let a spec infer it)")
     if m.out_channels < 1:
         raise _fail("Conv2d with 0 output channels gives nothing", None, "use 1 or more filters")
-    k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
+    k, s, d = as_pair(m.kernel_size), as_pair(m.stride), as_pair(m.dilation)
     _check_positive(s, d)
     if isinstance(m.padding, str):  # 'same' pads d*(k-1) in total, the extra pixel after; 'valid' pads nothing
         total = [0, 0] if m.padding == "valid" else [d[i] * (k[i] - 1) for i in range(2)]
         pads = [(t // 2, t - t // 2) for t in total]
     else:
-        pads = [(p, p) for p in _pair(m.padding)]
-        if min(_pair(m.padding)) < 0:
+        pads = [(p, p) for p in as_pair(m.padding)]
+        if min(as_pair(m.padding)) < 0:
             raise _fail(f"padding {m.padding} is negative", None, "use padding=0 or more")
     steps = [conv_size(n, k[i], s[i], pads[i], d[i], name) for i, (n, name) in enumerate([(h, "H_out"), (w, "W_out")])]
     for i, (n, axis) in enumerate([(h, "rows"), (w, "columns")]):
         _check_size(steps[i], n, pads[i][0], d[i] * (k[i] - 1) + 1, axis)
     params = conv_params(m.out_channels, m.in_channels, k, m.groups, m.bias is not None)
     out_hw = steps[0].value * steps[1].value
-    pad_text = m.padding if isinstance(m.padding, str) else _pair(m.padding)
+    pad_text = m.padding if isinstance(m.padding, str) else as_pair(m.padding)
     return LayerMath(
         (m.out_channels, steps[0].value, steps[1].value), [*steps, params], _conv_skip_warning(k, s),
         window=_window(k, s, pad_text, d),
@@ -190,9 +191,9 @@ def _conv_skip_warning(kernel: tuple[int, int], stride: tuple[int, int]) -> list
 def _conv_transpose(m: nn.ConvTranspose2d, in_shape: Shape) -> LayerMath:
     c, h, w = _spatial(m, in_shape)
     if c != m.in_channels:
-        raise _fail(f"ConvTranspose2d expects {m.in_channels} input channels but its input {_show(in_shape)} has {c}",
+        raise _fail(f"ConvTranspose2d expects {m.in_channels} input channels but its input {shape_text(in_shape)} has {c}",
                     None, f"set in_channels={c}")
-    k, s, d, p, op = (_pair(v) for v in (m.kernel_size, m.stride, m.dilation, m.padding, m.output_padding))
+    k, s, d, p, op = (as_pair(v) for v in (m.kernel_size, m.stride, m.dilation, m.padding, m.output_padding))
     _check_positive(s, d)
     steps = [conv_transpose_size(n, k[i], s[i], p[i], op[i], d[i], name)
              for i, (n, name) in enumerate([(h, "H_out"), (w, "W_out")])]
@@ -214,8 +215,8 @@ def _conv_transpose(m: nn.ConvTranspose2d, in_shape: Shape) -> LayerMath:
 
 def _pool(m: nn.MaxPool2d | nn.AvgPool2d, in_shape: Shape) -> LayerMath:
     c, h, w = _spatial(m, in_shape)
-    k, s, p = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.padding)
-    d = _pair(getattr(m, "dilation", 1))
+    k, s, p = as_pair(m.kernel_size), as_pair(m.stride if m.stride is not None else m.kernel_size), as_pair(m.padding)
+    d = as_pair(getattr(m, "dilation", 1))
     kind = "max pooling" if isinstance(m, nn.MaxPool2d) else "average pooling"
     _check_positive(s, d)
     for i in range(2):
@@ -245,7 +246,7 @@ def _adaptive(m: nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d, in_shape: Shape) -
 def _batchnorm(m: nn.modules.batchnorm._BatchNorm, in_shape: Shape) -> LayerMath:
     c = in_shape[0]
     if c != m.num_features:
-        raise _fail(f"{type(m).__name__} expects {m.num_features} channels but its input {_show(in_shape)} has {c}",
+        raise _fail(f"{type(m).__name__} expects {m.num_features} channels but its input {shape_text(in_shape)} has {c}",
                     None, f"use {type(m).__name__}({c})")
     steps = [Step("params", f"2*{c}", 2 * c if m.affine else 0, "a scale γ and a shift β per channel"
                   if m.affine else "affine=False: no parameters")]
@@ -268,9 +269,9 @@ def _flatten(m: nn.Flatten, in_shape: Shape) -> LayerMath:
 def _linear(m: nn.Linear, in_shape: Shape) -> LayerMath:
     n = in_shape[-1] if in_shape else 0
     if n != m.in_features:
-        got = f"{n} features" if len(in_shape) == 1 else f"{_show(in_shape)}, whose last dimension is {n}"
+        got = f"{n} features" if len(in_shape) == 1 else f"{shape_text(in_shape)}, whose last dimension is {n}"
         hint = f"Linear({n}, {m.out_features})" if len(in_shape) == 1 else \
-            f"put flatten before it; flattened, {_show(in_shape)} gives {math.prod(in_shape)} features"
+            f"put flatten before it; flattened, {shape_text(in_shape)} gives {math.prod(in_shape)} features"
         raise _fail(f"Linear expects in_features={m.in_features} but its input has {got}", None, hint)
     params = linear_params(m.in_features, m.out_features, m.bias is not None)
     # On (H, W, C) inputs (ConvNeXt's channels-last blocks) it acts at every position: a 1x1 convolution.

@@ -179,17 +179,18 @@ def cmd_arith(args: argparse.Namespace) -> None:
 def _shape_lines(spec: str, input_shape: str | None) -> list[str]:
     import math
 
+    from .arithmetic import shape_text
     from .spec import walk
 
     built = walk(spec, input_shape)
     lines = []
     for i, b in enumerate(built, 1):
-        shown = "x".join(map(str, b.in_shape)), "x".join(map(str, b.math.out_shape))
+        shown = shape_text(b.in_shape), shape_text(b.math.out_shape)
         lines.append(f"{i}. {b.layer}: {shown[0]} -> {shown[1]}")
         lines += [f"     {step}" for step in b.math.steps] + [f"     warning: {w}" for w in b.math.warnings]
     out = built[-1].math.out_shape
     params = sum(p.numel() for b in built for p in b.module.parameters())
-    lines.append(f"output: {'x'.join(map(str, out))} = {math.prod(out):,} values per image "
+    lines.append(f"output: {shape_text(out)} = {math.prod(out):,} values per image "
                  f"(values, not parameters: the layers have {params:,} parameters)")
     return lines
 

@@ -15,6 +15,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from .arithmetic import shape_text
+
 
 if TYPE_CHECKING:  # only for annotations: training imports this module to print its banner
     from .compare import Comparison
@@ -139,7 +141,7 @@ def predictions(preds: list[Prediction], fmt: str = "table") -> str:
 
 
 def _shape_text(shape: tuple[int, ...] | None) -> str:
-    return "x".join(map(str, shape)) if shape is not None else "-"
+    return shape_text(shape) if shape is not None else "-"
 
 
 def summary_rows(s: Summary, depth: int) -> list[dict[str, Any]]:

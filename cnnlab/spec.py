@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from .arithmetic import LayerMath, Shape, layer_math, same_padding
+from .arithmetic import LayerMath, Shape, layer_math, same_padding, shape_text
 from .errors import ArchitectureError, ArchitectureWarning, ModelError, UsageError
 
 Value = int | float | bool | str | tuple[int, int]
@@ -295,10 +295,10 @@ def _module(layer: Layer, shape: Shape) -> nn.Module:
     v, kind = layer.values, layer.kind
     spatial = kind in ("conv", "convtranspose", "maxpool", "avgpool", "adaptiveavgpool", "adaptivemaxpool", "dropout2d")
     if spatial and len(shape) != 3:
-        raise ArchitectureError(f"{kind} needs a CxHxW input but gets {len(shape)}-D {'x'.join(map(str, shape))}\n"
+        raise ArchitectureError(f"{kind} needs a CxHxW input but gets {len(shape)}-D {shape_text(shape)}\n"
                                 "  Fix: move flatten after the convolution and pooling layers")
     if kind == "linear" and len(shape) != 1:
-        raise ArchitectureError(f"linear needs a flat input but gets {'x'.join(map(str, shape))}\n"
+        raise ArchitectureError(f"linear needs a flat input but gets {shape_text(shape)}\n"
                                 f"  Fix: put flatten before it (it gives {'*'.join(map(str, shape))} = "
                                 f"{math.prod(shape)} features)")
     stated = v.get("in")
@@ -312,7 +312,7 @@ def _module(layer: Layer, shape: Shape) -> nn.Module:
                                     f"  Fix: use {key}=1 or more")
     if kind == "softmax" and not -len(shape) - 1 <= v["dim"] <= len(shape):
         raise ArchitectureError(f"softmax over dim {v['dim']}, but its input has {len(shape) + 1} dims "
-                                f"(the batch and {'x'.join(map(str, shape))})\n  Fix: softmax(dim=1), over the classes")
+                                f"(the batch and {shape_text(shape)})\n  Fix: softmax(dim=1), over the classes")
     if kind == "conv" and v["padding"] == "same" and v["stride"] != 1:
         s = v["stride"] if isinstance(v["stride"], int) else max(v["stride"])
         k = v["kernel"] if isinstance(v["kernel"], int) else max(v["kernel"])
@@ -378,7 +378,7 @@ def walk(spec: str | Spec, input_shape: str | Shape | None = None) -> list[Built
             source = f"\n  its input comes from {built[-1].name}: {built[-1].math.steps[0]}" \
                 if built and built[-1].math.steps else ""
             raise ArchitectureError(
-                f"layer {i} {name} {layer} on input {'x'.join(map(str, shape))}: {exc}{source}") from None
+                f"layer {i} {name} {layer} on input {shape_text(shape)}: {exc}{source}") from None
         built.append(Built(name, layer, module, shape, arith))
         shape = arith.out_shape
     return built

@@ -19,7 +19,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from .arithmetic import LayerMath, Shape, layer_math, receptive_field
+from .arithmetic import LayerMath, Shape, as_pair, layer_math, receptive_field, shape_text
 from .errors import ArchitectureError, ModelError, UsageError
 
 Field = tuple[tuple[float, float], tuple[float, float], bool]  # (receptive field, jump, global) on the input
@@ -192,15 +192,11 @@ class _FieldTracker(TorchFunctionMode):
             kernel = _arg(args, kwargs, k_at, "kernel_size", 1)
         stride = _arg(args, kwargs, s_at, "stride", None if source == "size" else 1)
         stride = stride if stride not in (None, (), []) else kernel  # pooling: the stride defaults to the kernel
-        dilation = _pair(_arg(args, kwargs, d_at, "dilation", 1)) if d_at is not None else (1, 1)
-        k = _pair(kernel)
+        dilation = as_pair(_arg(args, kwargs, d_at, "dilation", 1)) if d_at is not None else (1, 1)
+        k = as_pair(kernel)
         extent = (dilation[0] * (k[0] - 1) + 1, dilation[1] * (k[1] - 1) + 1)
-        rf, jump = receptive_field(rf, jump, extent, _pair(stride), transposed=name == "conv_transpose2d")
+        rf, jump = receptive_field(rf, jump, extent, as_pair(stride), transposed=name == "conv_transpose2d")
         return rf, jump, False
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[-1]))
 
 
 def _count(params: Any, seen: set[int]) -> tuple[int, int]:
@@ -281,7 +277,7 @@ def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) ->
                 row.math = layer_math(module, row.in_shape)
             except ArchitectureError as exc:
                 raise ArchitectureError(f"layer {path or type(module).__name__} ({row.kind}) on input "
-                                        f"{'x'.join(map(str, row.in_shape))}: {exc}") from None
+                                        f"{shape_text(row.in_shape)}: {exc}") from None
 
     def post(module: nn.Module, args: tuple, output: Any) -> None:
         row = stack.pop()
@@ -319,8 +315,8 @@ def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) ->
         if meta:
             raise
         where = (f" in {stack[-1].name or stack[-1].kind} ({stack[-1].kind}) on input "
-                 f"{'x'.join(map(str, stack[-1].in_shape or ()))}") if stack else ""
-        raise ModelError(f"the model cannot take {'x'.join(map(str, input_shape))} inputs: the forward pass "
+                 f"{shape_text(stack[-1].in_shape or ())}") if stack else ""
+        raise ModelError(f"the model cannot take {shape_text(input_shape)} inputs: the forward pass "
                          f"failed{where}: {exc}") from exc
     finally:
         for h in handles:

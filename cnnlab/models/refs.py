@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from ..arithmetic import shape_text
 from ..errors import ArchitectureWarning, ModelError, UsageError
 from .registry import _REGISTRY, get_model, model_info
 
@@ -94,7 +95,7 @@ def load_model(ref: str | nn.Module, input_shape: tuple[int, ...], num_classes: 
         kind = kind_of(ref)
         if kind == "registered":
             if len(input_shape) != 3:
-                raise UsageError(f"{ref} takes CxHxW inputs, not {'x'.join(map(str, input_shape))}")
+                raise UsageError(f"{ref} takes CxHxW inputs, not {shape_text(input_shape)}")
             return get_model(ref, input_shape, 10 if num_classes is None else num_classes)  # type: ignore[arg-type]
         if kind == "spec":
             from ..spec import build
@@ -109,7 +110,7 @@ def load_model(ref: str | nn.Module, input_shape: tuple[int, ...], num_classes: 
 
         out = summarize(model, input_shape).output_shape  # names the layer if the model cannot take the input
         if out != (num_classes,):
-            shape = "x".join(map(str, out or ()))
+            shape = shape_text(out or ())
             raise ModelError(f"the model gives {shape} outputs per image but the data has {num_classes} classes; "
                              f"end it with a linear layer of {num_classes} outputs (in a spec: linear({num_classes}))")
     return model

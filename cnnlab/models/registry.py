@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..arithmetic import shape_text
 from ..errors import ArchitectureError, ModelError
 
 Builder = Callable[[tuple[int, int, int], int], nn.Module]
@@ -67,7 +68,7 @@ def get_model(name: str, input_shape: tuple[int, int, int] = (1, 28, 28), num_cl
         shape = output_shape(model, input_shape)
     except (ModelError, RuntimeError, ValueError) as exc:
         kind = ArchitectureError if isinstance(exc, ArchitectureError) else ModelError
-        raise kind(f"model {name!r} cannot take {'x'.join(map(str, input_shape))} inputs: {exc}") from exc
+        raise kind(f"model {name!r} cannot take {shape_text(input_shape)} inputs: {exc}") from exc
     if shape != (num_classes,):
         raise ModelError(f"model {name!r} gives outputs of shape {shape}, expected ({num_classes},)")
     return model
