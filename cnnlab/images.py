@@ -26,6 +26,9 @@ MAX_PIXELS = 100_000_000
 
 Size = tuple[int, int]  # (height, width)
 
+# A real photograph shipped with cnnlab (CC0, see data/sample/README.md), for trying filters.
+SAMPLE_IMAGE = Path(__file__).parent / "data" / "sample" / "chelsea.jpg"
+
 
 def _open(path: Path) -> Image.Image:
     """Open and fully decode `path`, turning Pillow's many failure modes into ImageError."""
@@ -109,3 +112,39 @@ def save(tensor: torch.Tensor, path: str | Path) -> None:
         raise ImageError(f"can only save (1|3, H, W) or (H, W) tensors, not {tuple(tensor.shape)}")
     array = (tensor.detach().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
     Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(path)
+
+
+# ITU-R BT.601 luma weights: what Pillow's convert("L") and OpenCV's cvtColor(RGB2GRAY) use.
+LUMA_601 = (0.299, 0.587, 0.114)
+
+
+def grayscale(tensor: torch.Tensor) -> torch.Tensor:
+    """RGB (…, 3, H, W) -> luma (…, 1, H, W) with the ITU-R 601 weights; 1-channel input is kept.
+
+    Unlike Pillow's convert("L") this stays in floating point, so nothing is rounded to 8 bits.
+    """
+    if tensor.shape[-3] == 1:
+        return tensor
+    if tensor.shape[-3] != 3:
+        raise ImageError(f"grayscale needs 1 or 3 channels, not {tensor.shape[-3]} (shape {tuple(tensor.shape)})")
+    weights = torch.tensor(LUMA_601, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
+    return (tensor * weights).sum(dim=-3, keepdim=True)  # (…, 1, H, W)
+
+
+def batch(paths: list[str | Path], channels: int | None = None, size: Size | None = None) -> torch.Tensor:
+    """Load several image files into one float batch (N, C, H, W) in [0, 1].
+
+    channels: as in `load`; None gives 3 if any file is in colour, else 1.
+    size: (height, width) to resize every image to; needed when the files differ in size.
+    """
+    if not paths:
+        raise ImageError("no image files given")
+    arrays = [read(p, channels, size) for p in paths]  # each (H, W, C) uint8
+    if channels is None and len({a.shape[2] for a in arrays}) > 1:
+        arrays = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in arrays]
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        shown = ", ".join(f"{Path(p).name}: {a.shape[0]}x{a.shape[1]}" for p, a in zip(paths[:4], arrays[:4]))
+        raise ImageError(f"the images differ in size ({shown}, ...); pass size=(height, width) to resize them")
+    stacked = torch.from_numpy(np.stack(arrays))  # (N, H, W, C) uint8
+    return stacked.permute(0, 3, 1, 2).float().div_(255.0)  # (N, C, H, W)

@@ -13,7 +13,8 @@ from PIL import Image
 
 from cnnlab.cli import build_parser, main
 
-COMMANDS = ["demo", "train", "evaluate", "predict", "compare", "summary", "arith", "models", "datasets"]
+COMMANDS = ["demo", "train", "evaluate", "predict", "compare", "summary", "arith", "conv", "pool", "filter", "models",
+            "datasets"]
 
 
 @pytest.mark.parametrize("launcher", [[str(Path(sys.executable).parent / "cnnlab")], [sys.executable, "-m", "cnnlab"]])

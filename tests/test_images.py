@@ -109,3 +109,56 @@ def test_save_round_trip(tmp_path):
     images.save(x, tmp_path / "x.png")
     back = images.load(tmp_path / "x.png")
     assert torch.allclose(back, x, atol=1 / 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    wide = np.zeros((2, 4, 3), np.uint8)  # stored 2 high, 4 wide
+    wide[0, 0] = 255  # top-left pixel red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(wide).save(path, exif=exif, quality=100)
+    x = images.load(path)
+    assert x.shape == (3, 4, 2)  # shown upright: 4 high, 2 wide
+    assert x[0, 0, 1] > 0.9 and x[0, 0, 0] < 0.1  # the red corner moved to the top right
+
+
+def test_pillows_bomb_warning_is_an_error(tmp_path):
+    # 9,500 x 9,500 = 90 Mpx: under cnnlab's cap, over Pillow's warning threshold (89.5 Mpx).
+    path = tmp_path / "big.png"
+    path.write_bytes(_png_claiming(9_500, 9_500))
+    with pytest.raises(ImageError, match="decompression bomb"):
+        images.load(path)
+
+
+def test_a_folder_is_not_an_image(tmp_path):
+    with pytest.raises(ImageError, match="is a folder"):
+        images.load(tmp_path)
+
+
+def test_batch_stacks_and_converts(tmp_path):
+    Image.fromarray(np.full((6, 5), 100, np.uint8), "L").save(tmp_path / "g.png")
+    Image.fromarray(np.full((6, 5, 3), 200, np.uint8), "RGB").save(tmp_path / "c.png")
+    x = images.batch([tmp_path / "g.png", tmp_path / "c.png"])
+    assert x.shape == (2, 3, 6, 5) and x.dtype == torch.float32
+    assert x[0].unique().tolist() == [pytest.approx(100 / 255)]
+    assert images.batch([tmp_path / "c.png"], channels=1).shape == (1, 1, 6, 5)
+
+
+def test_batch_needs_one_size(tmp_path):
+    Image.fromarray(np.zeros((6, 5), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((7, 5), np.uint8)).save(tmp_path / "b.png")
+    with pytest.raises(ImageError, match="differ in size"):
+        images.batch([tmp_path / "a.png", tmp_path / "b.png"])
+    assert images.batch([tmp_path / "a.png", tmp_path / "b.png"], size=(8, 8)).shape == (2, 1, 8, 8)
+    with pytest.raises(ImageError, match="no image files"):
+        images.batch([])
+
+
+def test_grayscale_of_a_batch_keeps_the_batch_axis():
+    x = torch.rand(4, 3, 5, 6)
+    gray = images.grayscale(x)
+    assert gray.shape == (4, 1, 5, 6)
+    torch.testing.assert_close(gray[:, 0], 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
+    with pytest.raises(ImageError, match="1 or 3 channels"):
+        images.grayscale(torch.rand(2, 5, 5))
