@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import re
+import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -35,6 +37,17 @@ def machine() -> str:
         f"({torch.backends.cpu.get_cpu_capability()}){gpu}; torch {torch.__version__}, "
         f"Python {platform.python_version()}; {date.today().isoformat()}"
     )
+
+
+def best_of(repeats: int, job: Callable[[], object]) -> float:
+    """The fastest of `repeats` timed runs of job(), after one untimed warm-up run."""
+    job()  # warm-up: first calls pay for lazy imports and allocator growth
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        job()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def write_section(name: str, markdown: str, path: Path = DOCS) -> None:

@@ -11,8 +11,6 @@ under 2 s on 2 cores. --write puts the table into docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torchinfo
 import torchvision
@@ -20,21 +18,11 @@ import torchvision
 from cnnlab.formatting import summary_table
 from cnnlab.summary import summarize
 
-from common import machine, write_section
+from common import best_of, machine, write_section
 
 MODELS = [("resnet50", (3, 224, 224)), ("resnet18", (3, 224, 224)), ("vgg16", (3, 224, 224)),
           ("mobilenet_v3_small", (3, 224, 224))]
 TARGET_SECONDS = 2.0
-
-
-def best_of(repeats: int, job: Callable[[], object]) -> float:
-    job()  # warm-up: first calls pay for lazy imports and allocator growth
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        job()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

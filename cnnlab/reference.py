@@ -101,8 +101,8 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     padded = _pad(x, padding)  # (N, C, H + 2p, W + 2p)
     windows = _windows(padded, weight.shape[2:], out_hw, stride, dilation)  # (N, C, OH, OW, KH, KW)
     # out[n, o, oh, ow] = sum over c, i, j of windows[n, c, oh, ow, i, j] * weight[o, c, i, j]
-    out = np.tensordot(windows, weight, axes=([1, 4, 5], [1, 2, 3]))  # (N, OH, OW, O)
-    out = out.transpose(0, 3, 1, 2)  # (N, O, OH, OW)
+    out = np.tensordot(weight, windows, axes=([1, 2, 3], [1, 4, 5]))  # (O, N, OH, OW)
+    out = out.transpose(1, 0, 2, 3)  # (N, O, OH, OW)
     if bias is not None:
         out = out + bias[None, :, None, None]
     return out
