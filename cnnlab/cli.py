@@ -203,18 +203,30 @@ def _grad(value: str | None):
 
 def cmd_conv(args: argparse.Namespace) -> None:
     from . import steps
+    from .errors import UsageError
 
     kernel = steps.parse_matrix(args.kernel) if args.kernel else None
-    chain = args.chain or (f"{'convolve' if args.flip else 'conv'}(stride={args.stride}, padding={args.padding}, "
-                           f"dilation={args.dilation})")
+    given = {"stride": args.stride, "padding": args.padding, "dilation": args.dilation}
+    if args.chain:
+        if args.flip or any(v is not None for v in given.values()):
+            raise UsageError("with --chain, write the settings into the steps, e.g. "
+                             "\"convolve(stride=2, padding=1)\", not as --flip/--stride/--padding/--dilation")
+        chain = args.chain
+    else:
+        chain = ("convolve" if args.flip else "conv") + "(" + ", ".join(
+            f"{k}={v}" for k, v in given.items() if v is not None) + ")"
     print(steps.text(steps.run(steps.parse_matrix(args.input), chain, kernel, _grad(args.grad)), args.limit), end="")
 
 
 def cmd_pool(args: argparse.Namespace) -> None:
     from . import steps
+    from .errors import UsageError
 
-    step = (f"{'avgpool' if args.avg else 'maxpool'}({args.size}, stride={args.stride or 0}, "
-            f"padding={args.padding}, ceil_mode={args.ceil}" + ("" if args.avg else f", dilation={args.dilation}") + ")")
+    if args.avg and args.dilation is not None:
+        raise UsageError("average pooling has no dilation (nn.AvgPool2d has none); drop --dilation or --avg")
+    settings = [str(args.size), f"padding={args.padding}", f"ceil_mode={str(args.ceil).lower()}"]
+    settings += [f"{k}={v}" for k, v in (("stride", args.stride), ("dilation", args.dilation)) if v is not None]
+    step = f"{'avgpool' if args.avg else 'maxpool'}({', '.join(settings)})"
     print(steps.text(steps.run(steps.parse_matrix(args.input), step, None, _grad(args.grad)), args.limit), end="")
 
 
@@ -232,11 +244,16 @@ def cmd_filter(args: argparse.Namespace) -> None:
         args.image = str(SAMPLE_IMAGE)
         print(f"no image given: using the photo shipped with cnnlab, {SAMPLE_IMAGE.name}")
     if args.grid is not None:
-        kernels = [k for k in args.grid.split(",") if k.strip()] or list(filters.GRID_DEFAULT)
-        out = filters.grid(args.image, kernels, args.edge, args.out or "filters.png", args.color)
+        if args.kernel is not None or args.stride != 1:
+            from .errors import UsageError
+
+            raise UsageError("--grid takes its kernels as a list, --grid sobel-x,gaussian:5,edge, and has no --kernel "
+                             "or --stride")
+        kernels = [k.strip() for k in args.grid.split(",") if k.strip()] or list(filters.GRID_DEFAULT)
+        out = filters.grid(args.image, kernels, args.edge, args.out or "filters.png", args.color, args.scale)
         print(f"wrote {out}: the image and {len(kernels)} filtered versions ({', '.join(kernels)}), edge={args.edge}")
         return
-    result = filters.filter_file(args.image, args.kernel, args.edge, args.out or "filtered.png", args.stride,
+    result = filters.filter_file(args.image, args.kernel or "sobel", args.edge, args.out or "filtered.png", args.stride,
                                  args.color, args.scale)
     low, high = float(result.output.min()), float(result.output.max())
     size = "x".join(map(str, result.output.shape[1:]))
@@ -356,9 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--chain runs several steps (pooling, padding, convolutions) in a row", cmd_conv)
     p.add_argument("--input", required=True, metavar="A", help=matrix_help)
     p.add_argument("--kernel", metavar="B", help="the kernel, " + matrix_help)
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--padding", type=int, default=0, help="zeros around the input (default 0)")
-    p.add_argument("--dilation", type=int, default=1)
+    p.add_argument("--stride", type=int, help="default 1")
+    p.add_argument("--padding", type=int, help="zeros around the input (default 0)")
+    p.add_argument("--dilation", type=int, help="default 1")
     p.add_argument("--flip", action="store_true", help="true convolution: flip the kernel first (nn.Conv2d "
                    "does not; it computes cross-correlation)")
     p.add_argument("--chain", metavar="STEPS", help="steps separated by ';' instead of one convolution, e.g. "
@@ -372,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=2, help="window size (default 2)")
     p.add_argument("--stride", type=int, help="default: the window size, as nn.MaxPool2d")
     p.add_argument("--padding", type=int, default=0)
-    p.add_argument("--dilation", type=int, default=1, help="max pooling only")
+    p.add_argument("--dilation", type=int, help="max pooling only (default 1)")
     p.add_argument("--ceil", action="store_true", help="ceil_mode=True: keep a last partial window")
     p.add_argument("--avg", action="store_true", help="average instead of max pooling")
     p.add_argument("--grad", metavar="G", help=grad_help)
@@ -382,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "shows several side by side", cmd_filter)
     p.add_argument("image", nargs="?", help="PNG, JPEG, ... (colour images become grayscale by ITU-R 601 luma); "
                    "default: a photo shipped with cnnlab")
-    p.add_argument("--kernel", default="sobel", help="a name (see --list), box:N, gaussian:N, or a matrix "
+    p.add_argument("--kernel", help="a name (see --list), box:N, gaussian:N, or a matrix "
                    "\"1 0 -1; 2 0 -2; 1 0 -1\" (default sobel: the gradient magnitude)")
     p.add_argument("--edge", default="zero", choices=["zero", "extend", "reflect", "wrap", "crop"],
                    help="what the kernel sees beyond the border (default zero); crop shrinks the output")

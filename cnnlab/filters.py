@@ -106,7 +106,7 @@ def resolve(kernel: str | np.ndarray) -> tuple[str, np.ndarray | None]:
             raise UsageError(f"{name}: the size must be 1 to 255")
         weights = np.full((n, n), 1.0 / n**2) if m.group(1) == "box" else _binomial(n)
         return name, weights
-    if re.search(r"\d", name):
+    if re.search(r"\d", name) or (len(kernel) < 1024 and Path(kernel).is_file()):
         from .steps import parse_matrix
 
         return "custom", parse_matrix(kernel).astype(np.float64)
@@ -127,13 +127,17 @@ def correlate(image: torch.Tensor, weights: np.ndarray, edge: str = "zero", stri
         raise UsageError(f"unknown edge mode {edge!r}; choose one of {', '.join(EDGE_MODES)}")
     if weights.ndim != 2:
         raise UsageError(f"a filter kernel is a matrix, not shape {weights.shape}")
+    if not 1 <= stride <= 10_000:
+        raise UsageError(f"the stride must be from 1 to 10,000, not {stride}")
     channels, height, width = image.shape
     kh, kw = weights.shape
     x = image[:, None]  # (C, 1, H, W): each channel filtered on its own
     mode = EDGE_MODES[edge]
     if mode is not None:
-        if mode == "reflect" and (kh > height or kw > width):
-            raise UsageError(f"reflect needs a kernel no larger than the image ({kh}x{kw} > {height}x{width})")
+        if mode in ("reflect", "circular") and (kh > height or kw > width):
+            # Mirroring or wrapping more than once around the image has no agreed meaning.
+            raise UsageError(f"{edge} needs a kernel no larger than the image ({kh}x{kw} > {height}x{width}); "
+                             "use edge=zero or extend")
         x = F.pad(x, _padding((kh, kw)), mode=mode)
     if x.shape[-2] < kh or x.shape[-1] < kw:
         raise UsageError(f"the {kh}x{kw} kernel does not fit the {height}x{width} image with edge={edge}")
@@ -200,14 +204,14 @@ def filter_file(path: str | Path, kernel: str | np.ndarray = "sobel", edge: str 
 
 
 def grid(path: str | Path, kernels: list[str] | tuple[str, ...] = GRID_DEFAULT, edge: str = "zero",
-         out: str | Path = "filters.png", color: bool = False, columns: int = 4) -> Path:
+         out: str | Path = "filters.png", color: bool = False, scale: str = "auto", columns: int = 4) -> Path:
     """The image beside several filtered versions of it, each captioned, in one image file."""
     image = images.load(path, channels=3 if color else None)  # (C, H, W)
     tiles = [("original" + ("" if color else " (luma)"), image if color else images.grayscale(image))]
     for name in kernels:
         label, weights = resolve(name)
         raw = apply(image, weights if weights is not None else SOBEL, edge, 1, color)
-        tiles.append((label, display(raw, weights)[0]))
+        tiles.append((label, display(raw, weights, scale)[0]))
     height, width = image.shape[1:]
     caption = max(14, width // 20)
     font = ImageFont.load_default(size=caption)
@@ -222,5 +226,5 @@ def grid(path: str | Path, kernels: list[str] | tuple[str, ...] = GRID_DEFAULT, 
         array = (tile.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()  # (H', W', C)
         picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).convert("RGB")
         canvas.paste(picture, (left, top + caption + gap))
-    canvas.save(out)
+    images.write(canvas, out)
     return Path(out)

@@ -22,6 +22,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 # Refuse images with more pixels than this before decoding them: a 40,000 x 40,000 PNG of
 # a few kilobytes would otherwise take gigabytes of memory. 100 megapixels fits any camera.
+# Pillow's own check (a warning from 89.5 Mpx, made an error here) usually fires first; this
+# cap still holds where a program has raised or removed Pillow's Image.MAX_IMAGE_PIXELS.
 MAX_PIXELS = 100_000_000
 
 Size = tuple[int, int]  # (height, width)
@@ -32,6 +34,9 @@ SAMPLE_IMAGE = Path(__file__).parent / "data" / "sample" / "chelsea.jpg"
 
 def _open(path: Path) -> Image.Image:
     """Open and fully decode `path`, turning Pillow's many failure modes into ImageError."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # A FIFO or a device would block or never end; only regular files are read.
+        raise ImageError(f"{path} is not a regular file (a pipe or a device?); give an image file")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat it as an error.
@@ -53,7 +58,7 @@ def _open(path: Path) -> Image.Image:
         raise ImageError(f"{path} is a folder, not an image file") from exc
     except UnidentifiedImageError as exc:
         size = path.stat().st_size if path.exists() else 0
-        what = "is empty" if size == 0 else "is not an image Pillow can read (PNG, JPEG, BMP, ...)"
+        what = "is empty" if size == 0 else "is not an image Pillow can read (PNG, JPEG, BMP, ...), or is damaged"
         raise ImageError(f"{path} {what}") from exc
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageError(f"{path} is refused as a possible decompression bomb: {exc}") from exc
@@ -69,8 +74,13 @@ def _to_8bit(img: Image.Image) -> Image.Image:
         return img.convert("L")
     if img.mode.startswith("I") or img.mode == "F":
         # 16-bit PNG/TIFF: scale to 0..255 rather than clip, which Pillow's convert does.
+        # Floating-point TIFFs usually hold 0..1.
         values = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        top = values.max(initial=0)
+        if img.mode.startswith("I;16") or top > 255:
+            top = 65535.0
+        else:
+            top = 1.0 if img.mode == "F" and top <= 1.0 else 255.0
         return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
@@ -111,7 +121,17 @@ def save(tensor: torch.Tensor, path: str | Path) -> None:
     if tensor.dim() != 3 or tensor.shape[0] not in (1, 3):
         raise ImageError(f"can only save (1|3, H, W) or (H, W) tensors, not {tuple(tensor.shape)}")
     array = (tensor.detach().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(path)
+    write(Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array), path)
+
+
+def write(img: Image.Image, path: str | Path) -> None:
+    """Save a Pillow image, its format chosen by the file ending, with a clear error if it cannot be."""
+    try:
+        img.save(path)
+    except ValueError as exc:  # Pillow: "unknown file extension"
+        raise ImageError(f"cannot tell the image format of {path}; end it with .png or .jpg") from exc
+    except OSError as exc:
+        raise ImageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 # ITU-R BT.601 luma weights: what Pillow's convert("L") and OpenCV's cvtColor(RGB2GRAY) use.

@@ -93,7 +93,8 @@ def test_display_scaling():
 
 def test_filter_command_writes_the_scaled_image(tmp_path, capsys):
     out = tmp_path / "edges.png"
-    assert main(["filter", str(images.SAMPLE_IMAGE), "--kernel", "sobel-x", "--edge", "reflect", "--out", str(out)]) == 0
+    args = ["filter", str(images.SAMPLE_IMAGE), "--kernel", "sobel-x", "--edge", "reflect", "--out", str(out)]
+    assert main(args) == 0
     printed = capsys.readouterr().out
     assert "grayscale by ITU-R 601 luma" in printed and "scale=minmax" in printed
     written = np.asarray(Image.open(out))
@@ -114,13 +115,41 @@ def test_grid_shows_the_original_and_each_filter(tmp_path, capsys):
     ("args", "message"),
     [(["--kernel", "blurry"], "unknown kernel 'blurry'"), (["--kernel", "1 2; 3"], "different lengths"),
      (["--kernel", "box:0"], "size must be"), (["--kernel", "box:11", "--edge", "reflect"], "no larger than"),
-     (["--kernel", "box:11", "--edge", "crop"], "does not fit the 10x10 image")],
+     (["--kernel", "box:11", "--edge", "crop"], "does not fit the 10x10 image"),
+     (["--kernel", "box:11", "--edge", "wrap"], "no larger than"), (["--stride", "0"], "stride must be from 1"),
+     (["--grid", "sobel", "--kernel", "edge"], "--grid takes its kernels as a list"),
+     (["--out", "x.unknown"], "cannot tell the image format"), (["--out", "no/such/dir/x.png"], "cannot write"),
+     (["--kernel", "kernel.csv"], "different lengths")],
 )
 def test_filter_errors(tmp_path, capsys, args, message):
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(small)
-    assert main(["filter", str(small), *args, "--out", str(tmp_path / "x.png")]) == 2
+    (tmp_path / "kernel.csv").write_text("1,2\n3\n")
+    out = ["--out", str(tmp_path / "x.png")] if "--out" not in args else []
+    args = [str(tmp_path / a) if a.endswith((".csv", ".unknown")) or a.startswith("no/") else a for a in args]
+    assert main(["filter", str(small), *args, *out]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_library_errors_name_the_choices(photo):
+    with pytest.raises(UsageError, match="choose one of zero, extend, reflect, wrap, crop"):
+        filters.apply(photo, "sobel", edge="mirror")
+    with pytest.raises(UsageError, match="choose one of auto, clip, minmax, abs"):
+        filters.display(photo, None, "log")
+    with pytest.raises(UsageError, match="a filter kernel is a matrix"):
+        filters.correlate(photo, np.ones(3))
+
+
+def test_kernel_from_a_file(tmp_path, photo):
+    (tmp_path / "k.csv").write_text("-1,0,1\n-2,0,2\n-1,0,1\n")
+    torch.testing.assert_close(filters.apply(photo, str(tmp_path / "k.csv")), filters.apply(photo, "sobel-x"))
+
+
+def test_wrap_agrees_with_scipy_for_a_kernel_as_large_as_the_image():
+    image = torch.rand(1, 5, 6, dtype=torch.float64)
+    weights = np.random.default_rng(0).standard_normal((5, 6))
+    expected = ndi.correlate(image[0].numpy(), weights, mode="wrap")
+    np.testing.assert_allclose(filters.correlate(image, weights, "wrap")[0].numpy(), expected, atol=1e-12)
 
 
 def test_filter_on_a_broken_file(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
@@ -162,3 +163,15 @@ def test_grayscale_of_a_batch_keeps_the_batch_axis():
     torch.testing.assert_close(gray[:, 0], 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
     with pytest.raises(ImageError, match="1 or 3 channels"):
         images.grayscale(torch.rand(2, 5, 5))
+
+
+def test_a_pipe_is_refused_without_hanging(tmp_path):
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        images.load(fifo)
+
+
+def test_floating_point_tiff_in_0_1(tmp_path):
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32), "F").save(tmp_path / "f.tif")
+    assert images.read(tmp_path / "f.tif")[0, :, 0].tolist() == [0, 128, 255]

@@ -160,3 +160,21 @@ def test_integer_matrices_stay_integers():
 def test_clear_errors(call, message):
     with pytest.raises(UsageError, match=message):
         call()
+
+
+@pytest.mark.parametrize(
+    "x",
+    [[[1.0, np.nan], [np.nan, 3.0]], [[np.nan, 1.0, np.nan], [2.0, np.nan, 3.0]],
+     [[-np.inf, -np.inf], [-np.inf, -np.inf]],
+     [[-np.inf, 5.0, -np.inf], [np.nan, -np.inf, 2.0], [1.0, 1.0, -np.inf]]],
+)
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(2, 1, 1), (2, 1, 0), (2, 2, 1), (3, 1, 1)])
+def test_max_pool_nan_and_minus_infinity_as_torch(x, kernel, stride, padding):
+    x = np.array(x)[None, None]
+    if min(x.shape[2:]) + 2 * padding < kernel:
+        pytest.skip("window larger than the padded input")
+    values, indices = reference.max_pool2d(x, kernel, stride, padding)
+    expected, expected_indices = F.max_pool2d(torch.tensor(x), kernel, stride, padding, return_indices=True)
+    np.testing.assert_array_equal(values, expected.numpy())  # NaN equals NaN here
+    np.testing.assert_array_equal(indices, expected_indices.numpy())
+    assert (indices >= 0).all() and (indices < x.size).all()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -68,29 +70,78 @@ def test_max_pool_gradient_goes_to_the_maximum(capsys):
 def test_pool_gradients_match_torch_with_overlap_and_average():
     a = steps.parse_matrix("1 3 2; 5 5 1; 0 2 7")
     g = np.array([[1.0, 2.0], [3.0, 4.0]])
-    for mode, torch_pool in [("max", F.max_pool2d), ("avg", F.avg_pool2d)]:
-        trace = steps.pool(a, 2, 1, mode=mode, grad=g)
+    for step, torch_pool in [("maxpool(2, stride=1)", F.max_pool2d), ("avgpool(2, stride=1)", F.avg_pool2d)]:
+        (trace,) = steps.run(a, step, grad=g)
         x = torch.tensor(a, dtype=torch.float64, requires_grad=True)
         out = torch_pool(x[None, None], 2, 1)
         out.backward(torch.tensor(g)[None, None])
         np.testing.assert_allclose(trace.output, out[0, 0].detach().numpy())
         np.testing.assert_allclose(trace.grad_input, x.grad.numpy())
-    assert steps.pool(a, 2, 1, grad=g).grad_input.tolist() == [[0, 0, 0], [4, 2, 0], [0, 0, 4]]
+    assert steps.run(a, "maxpool(2, stride=1)", grad=g)[0].grad_input.tolist() == [[0, 0, 0], [4, 2, 0], [0, 0, 4]]
 
 
-@pytest.mark.parametrize("flip", [False, True])
-def test_conv_gradients_match_torch(flip):
+@pytest.mark.parametrize("name", ["conv", "convolve"])
+def test_conv_gradients_match_torch(name):
     a = steps.parse_matrix("1 2 3; 4 5 6; 7 8 10")
     k = steps.parse_matrix("1 0; 2 -1")
-    trace = steps.conv(a, k, stride=1, padding=1, flip=flip, grad="ones")
+    (trace,) = steps.run(a, f"{name}(padding=1)", k, grad="ones")
     x = torch.tensor(a, dtype=torch.float64, requires_grad=True)
     w = torch.tensor(k, dtype=torch.float64, requires_grad=True)
-    used = torch.flip(w, (0, 1)) if flip else w
+    used = torch.flip(w, (0, 1)) if name == "convolve" else w
     out = F.conv2d(x[None, None], used[None, None], padding=1)
     out.sum().backward()
     np.testing.assert_allclose(trace.output, out[0, 0].detach().numpy())
     np.testing.assert_allclose(trace.grad_input, x.grad.numpy())
     np.testing.assert_allclose(trace.grad_kernel, w.grad.numpy())
+
+
+def test_gradient_runs_back_through_the_whole_chain():
+    a = steps.parse_matrix(EXERCISE_A)
+    b = steps.parse_matrix(EXERCISE_B)
+    chain = "maxpool(2, stride=2); pad(1); relu; conv(stride=2); avgpool(1)"
+    traces = steps.run(a - 12, chain, b, grad="ones")
+    x = torch.tensor(a - 12, requires_grad=True)
+    w = torch.tensor(b)[None, None]
+    y = F.avg_pool2d(F.conv2d(F.relu(F.pad(F.max_pool2d(x[None, None], 2, 2), (1, 1, 1, 1))), w, stride=2), 1)
+    y.sum().backward()
+    np.testing.assert_allclose(traces[-1].output, y[0, 0].detach().numpy())
+    np.testing.assert_allclose(traces[0].grad_input, x.grad.numpy())
+    for earlier, later in zip(traces, traces[1:]):
+        np.testing.assert_array_equal(earlier.grad_output, later.grad_input)
+
+
+def _evaluate(arithmetic: str) -> float:
+    """Compute a window's printed arithmetic: "1x2 + 3x(-4)", "max(1, 2)", "(1 + 2) / 2"."""
+    return eval(re.sub(r"(?<=\d)x", "*", arithmetic), {"max": max})  # noqa: S307 (our own printed numbers)
+
+
+@pytest.mark.parametrize(
+    ("step", "matrix"),
+    [("conv(stride=2, padding=1, dilation=2)", A16), ("convolve(padding=2)", "1 -2.5; 3 4"),
+     ("avgpool(3, stride=2, ceil_mode=true)", A16), ("avgpool(3, stride=2, padding=1, ceil_mode=true)", A16),
+     ("maxpool(3, stride=2, padding=1, ceil_mode=true)", "-1 -2 -3; -4 -5 -6; -7 -8 -9"),
+     ("maxpool(2, stride=1, dilation=2)", A16)],
+)
+def test_printed_arithmetic_equals_each_result(step, matrix):
+    (trace,) = steps.run(steps.parse_matrix(matrix), step, steps.parse_matrix("1 2 -1; 0 3 1; 2 -2 1"))
+    windows = trace.windows()
+    assert len(windows) == trace.output.size
+    for w in windows:
+        assert _evaluate(w.arithmetic) == pytest.approx(w.result), (w.row, w.col, w.arithmetic)
+
+
+def test_large_values_are_not_wrapped_around():
+    (trace,) = steps.run(steps.parse_matrix("1e20 1"), "conv", steps.parse_matrix("1"))
+    assert trace.output.tolist() == [[1e20, 1.0]]
+    (trace,) = steps.run(steps.parse_matrix("1e19 1e19; 1 1"), "avgpool(2)")
+    assert trace.output[0, 0] > 0
+
+
+def test_a_large_input_prints_only_the_windows_it_shows(tmp_path):
+    big = steps.parse_matrix("; ".join(" ".join(["1"] * 400) for _ in range(400)))
+    (trace,) = steps.run(big, "conv", steps.parse_matrix("1 0 -1; 2 0 -2; 1 0 -1"))
+    out = steps.text([trace], limit=3)
+    assert out.count("out[") == 3 and "... 158401 more windows" in out
 
 
 def test_negative_kernel_values_are_bracketed_and_padding_shown(capsys):
@@ -99,6 +150,7 @@ def test_negative_kernel_values_are_bracketed_and_padding_shown(capsys):
     assert "padded with zeros:" in out
     assert "0x(-1) + 0x1 + 0x0.5 + 1x2 = 2" in out
     assert "... 7 more windows" in out
+    assert main(["conv", "--input", "1 2; 3 4", "--kernel", "1", "--limit", "-2"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -111,8 +163,13 @@ def test_parse_matrix_inline(text, expected):
 
 
 def test_parse_matrix_from_files(tmp_path):
-    (tmp_path / "b.csv").write_text("1,2\n3,4\n")
+    (tmp_path / "b.csv").write_text("\ufeff1,2\n3,4\n")  # with a spreadsheet's byte-order mark
     (tmp_path / "b.txt").write_text("1 2\n3 4\n")
+    (tmp_path / "semicolons").write_text("1;2\n3;4\n")
+    assert steps.parse_matrix(tmp_path / "semicolons").tolist() == [[1, 2], [3, 4]]
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 not text")
+    with pytest.raises(UsageError, match="as a text file"):
+        steps.parse_matrix(tmp_path / "photo.jpg")
     assert steps.parse_matrix(tmp_path / "b.csv").tolist() == [[1, 2], [3, 4]]
     assert steps.parse_matrix(str(tmp_path / "b.txt")).tolist() == [[1, 2], [3, 4]]
 
@@ -120,7 +177,7 @@ def test_parse_matrix_from_files(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [("1 2; 3", "different lengths"), ("1 x; 3 4", "not a number"), ("", "not a matrix"), ("1 nan", "NaN"),
-     ("[[1, 2], [3", "nested list")],
+     ("[[1, 2], [3", "nested list"), ("missing.csv", "not a file that exists"), ("[1, 2]", "list of rows")],
 )
 def test_parse_matrix_errors(text, message):
     with pytest.raises(UsageError, match=message):
@@ -130,7 +187,10 @@ def test_parse_matrix_errors(text, message):
 @pytest.mark.parametrize(
     ("chain", "message"),
     [("blur(3)", "cannot read the step"), ("maxpool(2, size=3)", "maxpool takes kernel"),
-     ("conv(stride=-1)", "whole number"), ("", "no steps"), ("relu(1)", "no arguments")],
+     ("conv(stride=-1)", "whole number"), ("", "no steps"), ("relu(1)", "no arguments"),
+     ("maxpool(2, ceil_mode=maybe)", "true or false"), ("conv(stride=2, stride=3)", "given twice"),
+     ("maxpool(kernel=3, 2)", "after named ones"), ("pad(99999)", "from 0 to 1,000"),
+     ("maxpool(2, stride=0)", "from 1 to 10,000"), ("conv(stride=99999999999999999999)", "from 1 to 10,000")],
 )
 def test_parse_steps_errors(chain, message):
     with pytest.raises(UsageError, match=message):
@@ -144,3 +204,9 @@ def test_cli_errors_are_clear(capsys):
     assert "needs a kernel" in capsys.readouterr().err
     assert main(["pool", "--input", "1 2; 3 4", "--grad", "1 2"]) == 2
     assert "output's shape (1, 1)" in capsys.readouterr().err
+    assert main(["conv", "--input", "1 2; 3 4", "--kernel", "1", "--chain", "conv", "--stride", "2"]) == 2
+    assert "with --chain, write the settings into the steps" in capsys.readouterr().err
+    assert main(["pool", "--input", "1 2; 3 4", "--avg", "--dilation", "2"]) == 2
+    assert "average pooling has no dilation" in capsys.readouterr().err
+    assert main(["pool", "--input", "1 2; 3 4", "--stride", "0"]) == 2
+    assert "stride must be from 1" in capsys.readouterr().err
