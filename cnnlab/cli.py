@@ -367,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--input", help="input shape, e.g. 3x130x130 (default: the spec file's)")
 
     matrix_help = "a matrix inline, rows separated by ';' (\"1 2 3; 4 5 6\"), or a CSV/text file"
-    grad_help = ("show the backward pass: the gradient arriving at the (last) output, 'ones' (the gradient of "
-                 "the output's sum) or a matrix of the output's shape")
+    grad_help = ("show the backward pass, carried back through every step: the gradient arriving at the last "
+                 "output, 'ones' (the gradient of the output's sum) or a matrix of the output's shape")
     p = command("conv", "a convolution step by step: every window, its products and sum, the output matrix; "
                 "--chain runs several steps (pooling, padding, convolutions) in a row", cmd_conv)
     p.add_argument("--input", required=True, metavar="A", help=matrix_help)
