@@ -199,16 +199,18 @@ def max_pool2d(x: np.ndarray, kernel_size: IntOrPair, stride: IntOrPair | None =
     windows = _windows(padded, kernel, out_hw, stride, dilation)  # (N, C, OH, OW, KH, KW)
     windows = windows.reshape(*windows.shape[:4], -1)  # (N, C, OH, OW, KH*KW), row-major in the window
     best = windows.argmax(axis=-1)  # (N, C, OH, OW), index of the tap
-    # Which taps of each window are real input, not padding: (OH, OW, KH*KW).
-    inside = _pad(np.ones((1, 1, *x.shape[2:]), dtype=bool), padding,
-                  (padding[0] + extra[0], padding[1] + extra[1]), False)
-    inside = _windows(inside, kernel, out_hw, stride, dilation).reshape(*out_hw, -1)
-    # Where the winner is padding, every real value is -inf too: PyTorch keeps its first real position.
-    best = np.where(np.take_along_axis(inside[None, None], best[..., None], axis=-1)[..., 0],
-                    best, inside.argmax(axis=-1))
-    nan = np.isnan(windows)
-    last_nan = nan.shape[-1] - 1 - nan[..., ::-1].argmax(axis=-1)
-    best = np.where(nan.any(axis=-1), last_nan, best)
+    if max(padding) > 0 and np.isneginf(x).any():
+        # Padding can only win where every real value of a window is -inf too; PyTorch then
+        # keeps the window's first real position. Which taps are real input: (OH, OW, KH*KW).
+        inside = _pad(np.ones((1, 1, *x.shape[2:]), dtype=bool), padding,
+                      (padding[0] + extra[0], padding[1] + extra[1]), False)
+        inside = _windows(inside, kernel, out_hw, stride, dilation).reshape(*out_hw, -1)
+        best = np.where(np.take_along_axis(inside[None, None], best[..., None], axis=-1)[..., 0],
+                        best, inside.argmax(axis=-1))
+    if np.isnan(x).any():
+        nan = np.isnan(windows)
+        last_nan = nan.shape[-1] - 1 - nan[..., ::-1].argmax(axis=-1)
+        best = np.where(nan.any(axis=-1), last_nan, best)
     values = np.take_along_axis(windows, best[..., None], axis=-1)[..., 0]
     tap_row, tap_col = np.divmod(best, kernel[1])
     rows = np.arange(out_hw[0])[:, None] * stride[0] - padding[0] + tap_row * dilation[0]
