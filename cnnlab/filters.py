@@ -106,8 +106,9 @@ def resolve(kernel: str | np.ndarray) -> tuple[str, np.ndarray | None]:
             raise UsageError(f"{name}: the size must be 1 to 255")
         weights = np.full((n, n), 1.0 / n**2) if m.group(1) == "box" else _binomial(n)
         return name, weights
-    if re.search(r"\d", name) or (len(kernel) < 1024 and Path(kernel).is_file()):
-        from .steps import parse_matrix
+    from .steps import is_file, parse_matrix
+
+    if re.search(r"\d", name) or is_file(kernel):
 
         return "custom", parse_matrix(kernel).astype(np.float64)
     raise UsageError(f"unknown kernel {kernel!r}; named kernels: {', '.join(kernel_names())}, box:N, "

@@ -34,10 +34,10 @@ SAMPLE_IMAGE = Path(__file__).parent / "data" / "sample" / "chelsea.jpg"
 
 def _open(path: Path) -> Image.Image:
     """Open and fully decode `path`, turning Pillow's many failure modes into ImageError."""
-    if path.exists() and not path.is_file() and not path.is_dir():
-        # A FIFO or a device would block or never end; only regular files are read.
-        raise ImageError(f"{path} is not a regular file (a pipe or a device?); give an image file")
     try:
+        if path.exists() and not path.is_file() and not path.is_dir():
+            # A FIFO or a device would block or never end; only regular files are read.
+            raise ImageError(f"{path} is not a regular file (a pipe or a device?); give an image file")
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat it as an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -62,7 +62,11 @@ def _open(path: Path) -> Image.Image:
         raise ImageError(f"{path} {what}") from exc
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageError(f"{path} is refused as a possible decompression bomb: {exc}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno is not None:  # the system refused (a name too long, no permission), not the decoder
+            raise ImageError(f"cannot open {str(path)[:80]}: {exc.strerror}") from exc
+        raise ImageError(f"{path} is corrupt or truncated ({exc}); re-save or remove it") from exc
+    except (SyntaxError, ValueError) as exc:
         raise ImageError(f"{path} is corrupt or truncated ({exc}); re-save or remove it") from exc
 
 
@@ -130,6 +134,9 @@ def write(img: Image.Image, path: str | Path) -> None:
         img.save(path)
     except ValueError as exc:  # Pillow: "unknown file extension"
         raise ImageError(f"cannot tell the image format of {path}; end it with .png or .jpg") from exc
+    except KeyError as exc:  # a format Pillow reads but cannot write (.psd, .fits, ...)
+        what = Path(path).suffix or "such"
+        raise ImageError(f"Pillow cannot write {what} files; end {path} with .png or .jpg") from exc
     except OSError as exc:
         raise ImageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ STEPS: dict[str, Args] = {
 EXAMPLE = "maxpool(2, stride=2); pad(2); conv; conv(stride=3)"
 MAX_PADDING = 1_000  # more is a typo, and would ask for gigabytes of zeros
 MAX_SIZE = 10_000  # kernel, stride and dilation
+MAX_CELLS = 4_000_000  # values in any matrix of a chain (a 2,000 x 2,000 image)
 
 
 # ----------------------------------------------------------------------------------- reading input
@@ -57,6 +59,14 @@ def _numbers(rows: list[list[str]], what: str) -> np.ndarray:
     return values
 
 
+def is_file(text: str | Path) -> bool:
+    """Whether text names an existing file; False for text no file name could be (too long, NUL)."""
+    try:
+        return "\n" not in str(text) and Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def parse_matrix(text: str | Path) -> np.ndarray:
     """A float64 matrix from inline text ("1 2; 3 4", "1,2;3,4", "[[1,2],[3,4]]") or a CSV/text file.
 
@@ -64,31 +74,32 @@ def parse_matrix(text: str | Path) -> np.ndarray:
     """
     source = str(text)
     path = Path(source)
-    if "\n" not in source and len(source) < 1024 and path.is_file():
+    if is_file(source):
         try:
             content = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read {path} as a text file of numbers ({exc})") from exc
-        rows = [re.split(r"[\s,;]+", line.strip()) for line in content.splitlines() if line.strip()]
+        # Empty fields (a trailing comma) are dropped, as spreadsheets write them.
+        rows = [[v for v in re.split(r"[\s,;]+", line.strip()) if v] for line in content.splitlines() if line.strip()]
         return _numbers(rows, str(path))
     source = source.strip()
     if source.startswith("["):
         try:
             nested = json.loads(source)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise UsageError(f"cannot read the matrix {text!r} as a nested list: {exc}") from exc
         if not isinstance(nested, list) or not all(isinstance(row, list) for row in nested):
             raise UsageError(f"{text!r} is not a list of rows, e.g. [[1, 2], [3, 4]]")
         return _numbers(nested, repr(source))
     if source and not re.search(r"[\s;,]", source) and re.search(r"[/\\]|\.[A-Za-z]{2,4}$", source):
         raise UsageError(f"{source} is not a file that exists (and not a matrix like \"1 2; 3 4\")")
-    rows = [re.split(r"[\s,]+", line.strip()) for line in re.split(r"[;\n]", source) if line.strip()]
+    rows = [[v for v in re.split(r"[\s,]+", line.strip()) if v] for line in re.split(r"[;\n]", source) if line.strip()]
     return _numbers(rows, repr(source))
 
 
 def _checked_int(name: str, key: str, word: str) -> int:
-    if not word.isdigit():
-        raise UsageError(f"{name}: {key} must be a whole number, not {word!r}")
+    if not re.fullmatch(r"[0-9]{1,6}", word):
+        raise UsageError(f"{name}: {key} must be a whole number, not {word[:20]!r}")
     value = int(word)
     low, high = (0, MAX_PADDING) if key == "padding" else (1, MAX_SIZE)
     if not low <= value <= high:
@@ -139,6 +150,8 @@ def number(value: float) -> str:
     """A value as a person writes it: 44, -2, 0.5, 10.25, -inf."""
     if np.isfinite(value) and float(value).is_integer() and abs(value) < 1e15:
         return str(int(value))
+    if np.isfinite(value) and abs(value) >= 1:  # four decimals, so 1001.75 is not shown as 1002
+        return np.format_float_positional(value, precision=4, trim="-")
     return f"{value:.4g}"
 
 
@@ -210,7 +223,7 @@ class Trace:
         padded, stride, dilation = self.padded, self.stride, int(self.args.get("dilation") or 1)
         kh, kw = self.kernel.shape if self.kernel is not None else (int(self.args["kernel"]),) * 2
         out = []
-        for r, c in list(np.ndindex(*self.output.shape))[:limit]:
+        for r, c in islice(np.ndindex(*self.output.shape), limit):
             top, left = r * stride, c * stride
             # Slicing stops at the padded input's edge, so a ceil_mode window holds only what
             # PyTorch counts.
@@ -233,22 +246,21 @@ class Trace:
 
 
 def _uncovered(trace: Trace) -> list[str]:
-    """A note when the last rows or columns of the (padded) input fall in no window."""
-    padded = trace.padded.shape
+    """A note when the last rows or columns of the input fall in no window (padding aside)."""
     kernel = trace.kernel.shape if trace.kernel is not None else (int(trace.args["kernel"]),) * 2
-    dilation = int(trace.args.get("dilation") or 1)
+    dilation, padding = int(trace.args.get("dilation") or 1), int(trace.args.get("padding") or 0)
     parts = []
     for axis, name in enumerate(("row", "column")):
-        reach = (trace.output.shape[axis] - 1) * trace.stride + dilation * (kernel[axis] - 1) + 1
-        last = padded[axis] - 1
+        reach = (trace.output.shape[axis] - 1) * trace.stride + dilation * (kernel[axis] - 1) + 1 - padding
+        last = trace.input.shape[axis] - 1  # in input coordinates; only real input counts
         if reach <= last:
             parts.append(f"{name} {reach}" if reach == last else f"{name}s {reach}..{last}")
     if not parts:
         return []
     verb = "is" if len(parts) == 1 and ".." not in parts[0] else "are"
-    where = "padded input" if trace.padded.shape != trace.input.shape else "input"
-    return [f"{' and '.join(parts)} of the {where} {verb} in no window: the last window would not fit, "
-            "and the size formula rounds down"]
+    why = ("the stride steps past them" if trace.args.get("ceil_mode")
+           else "the last window would not fit, and the size formula rounds down")
+    return [f"{' and '.join(parts)} of the input {verb} in no window: {why}"]
 
 
 def _forward(name: str, args: Args, a: np.ndarray, kernel: np.ndarray | None) -> Trace:
@@ -324,13 +336,17 @@ def run(a: np.ndarray, steps: str, kernel: np.ndarray | None = None,
     matrix of its shape; it is carried back through every step.
     """
     current = np.asarray(a, dtype=np.float64)
-    if current.ndim != 2:
-        raise UsageError(f"steps work on one matrix (2-D), not shape {current.shape}")
+    if current.ndim != 2 or current.size > MAX_CELLS:
+        raise UsageError(f"steps work on one matrix (2-D) of at most {MAX_CELLS:,} values, not shape {current.shape}")
     kernel = None if kernel is None else np.asarray(kernel, dtype=np.float64)
     traces: list[Trace] = []
     for name, args in parse_steps(steps):
         traces.append(_forward(name, args, current, kernel))
         current = traces[-1].output
+        if current.size > MAX_CELLS:
+            raise UsageError(f"after step {len(traces)} ({traces[-1].label}) the matrix is "
+                             f"{current.shape[0]:,}x{current.shape[1]:,}, more than {MAX_CELLS:,} values to trace; "
+                             "use less padding")
     if grad is not None:
         if isinstance(grad, str):
             if grad != "ones":

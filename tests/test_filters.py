@@ -119,14 +119,15 @@ def test_grid_shows_the_original_and_each_filter(tmp_path, capsys):
      (["--kernel", "box:11", "--edge", "wrap"], "no larger than"), (["--stride", "0"], "stride must be from 1"),
      (["--grid", "sobel", "--kernel", "edge"], "--grid takes its kernels as a list"),
      (["--out", "x.unknown"], "cannot tell the image format"), (["--out", "no/such/dir/x.png"], "cannot write"),
-     (["--kernel", "kernel.csv"], "different lengths")],
+     (["--kernel", "kernel.csv"], "different lengths"), (["--out", "x.psd"], "Pillow cannot write .psd"),
+     (["--grid", "", "--out", "x.psd"], "Pillow cannot write .psd")],
 )
 def test_filter_errors(tmp_path, capsys, args, message):
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(small)
     (tmp_path / "kernel.csv").write_text("1,2\n3\n")
     out = ["--out", str(tmp_path / "x.png")] if "--out" not in args else []
-    args = [str(tmp_path / a) if a.endswith((".csv", ".unknown")) or a.startswith("no/") else a for a in args]
+    args = [str(tmp_path / a) if a.endswith((".csv", ".unknown", ".psd")) or a.startswith("no/") else a for a in args]
     assert main(["filter", str(small), *args, *out]) == 2
     assert message in capsys.readouterr().err
 
@@ -138,6 +139,13 @@ def test_library_errors_name_the_choices(photo):
         filters.display(photo, None, "log")
     with pytest.raises(UsageError, match="a filter kernel is a matrix"):
         filters.correlate(photo, np.ones(3))
+
+
+def test_a_long_kernel_matrix_typed_out(photo):
+    typed = "; ".join(" ".join(f"{v:.6f}" for v in row) for row in filters.resolve("gaussian:7")[1])
+    assert len(typed) > 255
+    # Typed to 6 decimals, so the weights differ by up to 5e-7 each.
+    torch.testing.assert_close(filters.apply(photo, typed), filters.apply(photo, "gaussian:7"), atol=1e-5, rtol=0)
 
 
 def test_kernel_from_a_file(tmp_path, photo):

@@ -175,3 +175,8 @@ def test_a_pipe_is_refused_without_hanging(tmp_path):
 def test_floating_point_tiff_in_0_1(tmp_path):
     Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32), "F").save(tmp_path / "f.tif")
     assert images.read(tmp_path / "f.tif")[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_a_path_too_long_for_the_system(tmp_path):
+    with pytest.raises(ImageError, match="cannot open .*File name too long"):
+        images.load(tmp_path / ("a" * 300 + ".png"))

@@ -166,6 +166,8 @@ def test_parse_matrix_from_files(tmp_path):
     (tmp_path / "b.csv").write_text("\ufeff1,2\n3,4\n")  # with a spreadsheet's byte-order mark
     (tmp_path / "b.txt").write_text("1 2\n3 4\n")
     (tmp_path / "semicolons").write_text("1;2\n3;4\n")
+    (tmp_path / "trailing.csv").write_text("1,2,\n3,4,\n")
+    assert steps.parse_matrix(tmp_path / "trailing.csv").tolist() == [[1, 2], [3, 4]]
     assert steps.parse_matrix(tmp_path / "semicolons").tolist() == [[1, 2], [3, 4]]
     (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 not text")
     with pytest.raises(UsageError, match="as a text file"):
@@ -177,7 +179,8 @@ def test_parse_matrix_from_files(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [("1 2; 3", "different lengths"), ("1 x; 3 4", "not a number"), ("", "not a matrix"), ("1 nan", "NaN"),
-     ("[[1, 2], [3", "nested list"), ("missing.csv", "not a file that exists"), ("[1, 2]", "list of rows")],
+     ("[[1, 2], [3", "nested list"), ("missing.csv", "not a file that exists"), ("[1, 2]", "list of rows"),
+     ("[" * 5000 + "]" * 5000, "nested list")],
 )
 def test_parse_matrix_errors(text, message):
     with pytest.raises(UsageError, match=message):
@@ -190,7 +193,8 @@ def test_parse_matrix_errors(text, message):
      ("conv(stride=-1)", "whole number"), ("", "no steps"), ("relu(1)", "no arguments"),
      ("maxpool(2, ceil_mode=maybe)", "true or false"), ("conv(stride=2, stride=3)", "given twice"),
      ("maxpool(kernel=3, 2)", "after named ones"), ("pad(99999)", "from 0 to 1,000"),
-     ("maxpool(2, stride=0)", "from 1 to 10,000"), ("conv(stride=99999999999999999999)", "from 1 to 10,000")],
+     ("maxpool(2, stride=0)", "from 1 to 10,000"), ("conv(stride=99999999999999999999)", "whole number"),
+     ("conv(stride=\u00b2)", "whole number")],
 )
 def test_parse_steps_errors(chain, message):
     with pytest.raises(UsageError, match=message):
@@ -210,3 +214,31 @@ def test_cli_errors_are_clear(capsys):
     assert "average pooling has no dilation" in capsys.readouterr().err
     assert main(["pool", "--input", "1 2; 3 4", "--stride", "0"]) == 2
     assert "stride must be from 1" in capsys.readouterr().err
+
+
+def test_a_long_inline_matrix_is_not_taken_for_a_file_name():
+    text = "; ".join(" ".join(str(100 + i * 10 + j) for j in range(10)) for i in range(10))
+    assert len(text) > 255  # longer than any file name may be
+    assert steps.parse_matrix(text).shape == (10, 10)
+
+
+def test_fractions_are_not_hidden_by_rounding():
+    (trace,) = steps.run(steps.parse_matrix("1000 1001; 1002 1004"), "avgpool(2)")
+    assert steps.number(trace.output[0, 0]) == "1001.75"
+    assert steps.number(1 / 3) == "0.3333" and steps.number(-2.5) == "-2.5" and steps.number(44.0) == "44"
+
+
+def test_uncovered_rows_are_noted_only_for_real_input():
+    a = steps.parse_matrix("; ".join(["1 2 3 4 5"] * 5))
+    (floor,) = steps.run(a, "maxpool(2)")
+    assert floor.notes == ["row 4 and column 4 of the input are in no window: the last window would not fit, "
+                           "and the size formula rounds down"]
+    (ceil,) = steps.run(a, "maxpool(2, padding=1, ceil_mode=true)")
+    assert ceil.notes == []  # only padding is left out, and no input value is lost
+    (skipping,) = steps.run(a, "maxpool(1, stride=3, ceil_mode=true)")
+    assert skipping.notes == ["row 4 and column 4 of the input are in no window: the stride steps past them"]
+
+
+def test_a_chain_cannot_grow_without_bound():
+    with pytest.raises(UsageError, match="more than 4,000,000 values"):
+        steps.run(steps.parse_matrix("1"), "pad(1000); pad(1000)")
