@@ -124,6 +124,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
         ("cnnlab compare seed-mlp seed-cnn --dataset fashion-mnist --data-dir DIR", "the full dataset"),
         ("cnnlab train --model small-cnn-28", "a batch-normalized CNN with 1/8 of the weights"),
         ("cnnlab models", "every registered network"),
+        ("cnnlab summary seed-cnn --explain", "every shape and parameter count as a formula"),
+        ('cnnlab conv --input "1 2 3; 4 5 6; 7 8 9" --kernel "1 0; 0 -1"', "a convolution by hand, window by window"),
+        ("cnnlab filter --grid --out filters.png", "Sobel, blur, sharpen, edge on a real photo"),
     ]
     width = max(len(command) for command, _ in tips)
     print(f"\nRun folders: {comp.out}/seed-mlp and {cnn} "
