@@ -149,10 +149,14 @@ def correlate(image: torch.Tensor, weights: np.ndarray, edge: str = "zero", stri
 def apply(image: torch.Tensor, kernel: str | np.ndarray, edge: str = "zero", stride: int = 1,
           color: bool = False) -> torch.Tensor:
     """Filter image (C, H, W) in [0, 1]; returns the raw result (1 or C, H', W'), not yet scaled."""
+    return _filtered(image, resolve(kernel)[1], edge, stride, color)
+
+
+def _filtered(image: torch.Tensor, weights: np.ndarray | None, edge: str, stride: int, color: bool) -> torch.Tensor:
+    """`apply` with the kernel already resolved; weights None is the Sobel gradient magnitude."""
     if not color:
         image = images.grayscale(image)  # (1, H, W)
-    _, weights = resolve(kernel)
-    if weights is None:  # the Sobel gradient magnitude
+    if weights is None:
         gx = correlate(image, KERNELS["sobel-x"].matrix, edge, stride)
         gy = correlate(image, KERNELS["sobel-y"].matrix, edge, stride)
         return torch.sqrt(gx**2 + gy**2)
@@ -197,7 +201,7 @@ def filter_file(path: str | Path, kernel: str | np.ndarray = "sobel", edge: str 
     """Load an image, filter it, scale it for display and (if out is given) write it."""
     image = images.load(path, channels=3 if color else None)  # (C, H, W)
     label, weights = resolve(kernel)
-    raw = apply(image, weights if weights is not None else SOBEL, edge, stride, color)
+    raw = _filtered(image, weights, edge, stride, color)
     shown, used = display(raw, weights, scale)
     if out is not None:
         images.save(shown, out)
@@ -211,7 +215,7 @@ def grid(path: str | Path, kernels: list[str] | tuple[str, ...] = GRID_DEFAULT, 
     tiles = [("original" + ("" if color else " (luma)"), image if color else images.grayscale(image))]
     for name in kernels:
         label, weights = resolve(name)
-        raw = apply(image, weights if weights is not None else SOBEL, edge, 1, color)
+        raw = _filtered(image, weights, edge, 1, color)
         tiles.append((label, display(raw, weights, scale)[0]))
     height, width = image.shape[1:]
     caption = max(14, width // 20)

@@ -211,6 +211,15 @@ class Trace:
         return int(self.args.get("stride") or self.args.get("kernel") or 1)
 
     @property
+    def dilation(self) -> int:
+        return int(self.args.get("dilation") or 1)
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """(KH, KW): the kernel's shape, or the pooling window's."""
+        return self.kernel.shape if self.kernel is not None else (int(self.args["kernel"]),) * 2
+
+    @property
     def padded(self) -> np.ndarray:
         """The input with its padding: zeros, or -inf for max pooling (which never wins a max)."""
         p = int(self.args.get("padding") or 0) if self.name != "pad" else 0
@@ -220,8 +229,8 @@ class Trace:
         """The first `limit` windows (all with None), in row-major order of the output."""
         if self.name not in ("conv", "convolve", "maxpool", "avgpool"):
             return []
-        padded, stride, dilation = self.padded, self.stride, int(self.args.get("dilation") or 1)
-        kh, kw = self.kernel.shape if self.kernel is not None else (int(self.args["kernel"]),) * 2
+        padded, stride, dilation = self.padded, self.stride, self.dilation
+        kh, kw = self.window
         out = []
         for r, c in islice(np.ndindex(*self.output.shape), limit):
             top, left = r * stride, c * stride
@@ -247,8 +256,7 @@ class Trace:
 
 def _uncovered(trace: Trace) -> list[str]:
     """A note when the last rows or columns of the input fall in no window (padding aside)."""
-    kernel = trace.kernel.shape if trace.kernel is not None else (int(trace.args["kernel"]),) * 2
-    dilation, padding = int(trace.args.get("dilation") or 1), int(trace.args.get("padding") or 0)
+    kernel, dilation, padding = trace.window, trace.dilation, int(trace.args.get("padding") or 0)
     parts = []
     for axis, name in enumerate(("row", "column")):
         reach = (trace.output.shape[axis] - 1) * trace.stride + dilation * (kernel[axis] - 1) + 1 - padding
@@ -370,9 +378,10 @@ def text(traces: list[Trace], limit: int = 100) -> str:
     for index, trace in enumerate(traces, 1):
         lines.append(f"step {index}: {trace.label} on a {'x'.join(map(str, trace.input.shape))} matrix")
         shown = trace.windows(limit)
-        if trace.padded.shape != trace.input.shape:
+        padded = trace.padded
+        if padded.shape != trace.input.shape:
             fill = "-inf, which never wins a max" if trace.name == "maxpool" else "zeros"
-            lines += [f"padded with {fill}:", matrix_text(trace.padded)]
+            lines += [f"padded with {fill}:", matrix_text(padded)]
         if trace.sizes:
             lines.append("output size: " + "; ".join(f"{s.name} = {s.formula} = {s.value}" for s in trace.sizes))
         lines += ["note: " + note for note in trace.notes]
