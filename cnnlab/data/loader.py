@@ -4,6 +4,10 @@ The lectures wrap tensors in a `Dataset` whose `__getitem__` returns one image a
 and a `DataLoader` collates 32 of them back into a batch; slicing the uint8 tensor directly
 gives the same batches for a fraction of the work. The order of each epoch depends only on
 (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
+
+Under torchrun every rank draws the same order and takes its own share of each global batch
+(rank r of W takes the r-th of W equal parts), so W processes see together exactly the batches
+one process would: the sharding that DistributedSampler does, at the level of batches.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from ..errors import UsageError
+from .augment import augment, check_augment
 from .dataset import Split
 
 
@@ -27,18 +33,33 @@ class BatchLoader:
         shuffle: bool = False,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        augmentation: str = "none",
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        check_augment(augmentation)
+        if batch_size % world_size:
+            raise UsageError(
+                f"the batch size {batch_size} does not split evenly over {world_size} processes; "
+                f"use a multiple of {world_size}"
+            )
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.augmentation = augmentation
+        self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)  # ceil: the last batch may be smaller
+        full, rest = divmod(len(self.split), self.batch_size)
+        # The last batch may be smaller; under torchrun one too small to give every rank an image is dropped.
+        return full + (rest >= self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the shuffled order of this epoch (as DistributedSampler.set_epoch does)."""
@@ -46,7 +67,8 @@ class BatchLoader:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float32 (N, C, H, W), (x / 255 - mean) / std."""
-        return (x.to(self.device, non_blocking=True).float().div_(255.0) - self.mean).div_(self.std)
+        x = (x.to(self.device, non_blocking=True).float().div_(255.0) - self.mean).div_(self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
@@ -54,7 +76,14 @@ class BatchLoader:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         else:
             order = torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            index = order[start : start + self.batch_size]
-            x, y = self.split.x[index], self.split.y[index]  # (B, C, H, W) uint8, (B,)
+        # Augmentation draws from its own generator, seeded like the order, so a resumed run repeats it.
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 1)
+        for step in range(len(self)):
+            batch = order[step * self.batch_size : (step + 1) * self.batch_size]
+            x, y = self.split.x[batch], self.split.y[batch]  # (B, C, H, W) uint8, (B,)
+            if self.augmentation != "none":
+                # The whole global batch, so that W ranks draw what one process would: uint8 work, cheap.
+                x = augment(x, self.augmentation, generator)
+            if self.world_size > 1:
+                x, y = x.tensor_split(self.world_size)[self.rank], y.tensor_split(self.world_size)[self.rank]
             yield self.normalize(x), y.to(self.device, non_blocking=True)
