@@ -84,3 +84,9 @@ def test_channels_last_layout():
     split = Split(_batch(), torch.zeros(16, dtype=torch.int64))
     x, _ = next(iter(BatchLoader(split, 4, [0.0] * 3, [1.0] * 3, channels_last=True)))
     assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def test_rank_must_be_one_of_the_processes():
+    split = Split(_batch(), torch.zeros(16, dtype=torch.int64))
+    with pytest.raises(UsageError, match="rank 2 is not one of the 2 processes"):
+        BatchLoader(split, 8, [0.0] * 3, [1.0] * 3, rank=2, world_size=2)

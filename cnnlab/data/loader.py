@@ -39,6 +39,8 @@ class BatchLoader:
         world_size: int = 1,
     ) -> None:
         check_augment(augmentation)
+        if not 0 <= rank < world_size:
+            raise UsageError(f"rank {rank} is not one of the {world_size} processes (0 to {world_size - 1})")
         if batch_size % world_size:
             raise UsageError(
                 f"the batch size {batch_size} does not split evenly over {world_size} processes; "
@@ -76,8 +78,9 @@ class BatchLoader:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         else:
             order = torch.arange(n)
-        # Augmentation draws from its own generator, seeded like the order, so a resumed run repeats it.
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 1)
+        # Augmentation draws from its own generator, seeded by (seed, epoch) as the order is but not
+        # the same stream as any epoch's order, so a resumed run repeats it.
+        generator = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) ^ 0x5DEECE66D)
         for step in range(len(self)):
             batch = order[step * self.batch_size : (step + 1) * self.batch_size]
             x, y = self.split.x[batch], self.split.y[batch]  # (B, C, H, W) uint8, (B,)
