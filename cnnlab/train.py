@@ -22,11 +22,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_model as load_safetensors
 
-from . import __version__
+from . import __version__, distributed
+from .data.augment import check_augment
 from .data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
 from .errors import Interrupted, RunError, TrainingError, UsageError
 from .evaluate import EVAL_BATCH, evaluate_model, load_run_data, loss_and_accuracy, resolve_device
 from .formatting import summary_table
+from .recipes import recipe as pick_recipe
 from .models import load_model, short_name, stored_ref
 from .runs import (
     FORMAT_VERSION, Run, load_checkpoint, open_run, save_checkpoint, save_weights, write_history, write_json,
@@ -34,7 +36,9 @@ from .runs import (
 )
 from .summary import summarize
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "onecycle", "cosine")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -52,6 +56,16 @@ class Settings:
     subset: int | None = None  # train on the first N training images
     patience: int | None = None  # stop after this many epochs without a better validation loss
     normalize: bool = True  # standardize with the training split's mean and std, else only / 255
+    nesterov: bool = False  # SGD only
+    schedule: str = "constant"  # the learning rate over the run: constant, onecycle or cosine
+    warmup: float = 0.0  # share of the steps over which the rate rises linearly from lr / 10 (onecycle, cosine)
+    label_smoothing: float = 0.0
+    augment: str = "none"  # none, flip, crop or crop+flip (crop: shifts of up to 2 pixels)
+    channels_last: bool = False  # NHWC memory layout, which oneDNN and cuDNN convolutions prefer
+    precision: str = "fp32"  # bf16: autocast matmuls and convolutions (AMX / AVX-512 BF16 CPUs, GPUs)
+    compile: bool = False  # torch.compile the model (a compile pause first; pays off on long GPU runs)
+    threads: int | None = None  # CPU threads (default: PyTorch's, one per core; shared out under torchrun)
+    recipe: str = "lecture"  # the recipe these settings started from (recipes.py)
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -70,11 +84,20 @@ class Settings:
             raise UsageError("--momentum and --weight-decay cannot be negative")
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
+        choices = {"--schedule": (self.schedule, SCHEDULES), "--precision": (self.precision, PRECISIONS)}
+        for flag, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise UsageError(f"unknown {flag} {value!r}; use one of {', '.join(allowed)}")
+        check_augment(self.augment)
+        if not 0 <= self.warmup < 1 or not 0 <= self.label_smoothing < 1:
+            raise UsageError("--warmup and --label-smoothing must be in [0, 1)")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError("--threads must be at least 1")
 
 
 def settings_of(config: dict[str, Any]) -> Settings:
-    """The Settings stored in a run's config.json."""
-    return Settings(**{k: v for k, v in config["train"].items() if k != "device"})
+    """The Settings stored in a run's config.json (a run from before a setting existed gets its default)."""
+    return Settings(**{k: v for k, v in config["train"].items() if k not in ("device", "processes")})
 
 
 def split_for_training(dataset: ImageData, s: Settings) -> tuple[Split, Split]:
@@ -85,8 +108,29 @@ def split_for_training(dataset: ImageData, s: Settings) -> tuple[Split, Split]:
 
 def make_optimizer(model: torch.nn.Module, s: Settings) -> torch.optim.Optimizer:
     if s.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
+        )
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+
+
+def lr_factor(step: int, total: int, s: Settings) -> float:
+    """The learning rate at `step` of `total`, as a fraction of --lr.
+
+    onecycle: up linearly from 1/10 over the warmup, then down linearly to 0 (airbench's shape);
+    cosine: the same warmup, then a half cosine down to 0; constant: 1 throughout.
+    """
+    if s.schedule == "constant":
+        return 1.0
+    warm = int(s.warmup * total)
+    if step < warm:
+        return 0.1 + 0.9 * step / warm
+    done = (step - warm) / max(1, total - warm)  # 0 -> 1 after the warmup
+    if s.schedule == "onecycle":
+        return max(0.0, 1.0 - done)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
 
 def default_out(model: str, dataset: str) -> Path:
@@ -102,9 +146,10 @@ def _fmt(value: float, percent: bool = False) -> str:
 
 
 def train(
-    model: str = "seed-cnn",
+    model: str | None = None,
     dataset: str | ImageData = "sample",
     *,
+    recipe: str = "lecture",
     data_dir: str | Path | None = None,
     download: bool = False,
     image_size: int | None = None,
@@ -118,57 +163,72 @@ def train(
 ) -> Run:
     """Train `model` on `dataset` and return its run folder, read back.
 
-    model: a registered name, a spec (text or .json/.toml file) or `package.module:attr`.
+    model: a registered name, a spec (text or .json/.toml file) or `package.module:attr`;
+    None: the recipe's model for this dataset (seed-cnn for the lecture's recipe).
+
+    recipe: "lecture" (the defaults), "fast" or "fast-long" (recipes.py); `settings` override it.
 
     settings: the fields of `Settings` (epochs, batch_size, lr, optimizer, seed, ...).
-    """
-    s = Settings(**settings)
-    s.check()
-    target = resolve_device(device)
-    if isinstance(dataset, str):
-        dataset = load_dataset(
-            dataset, data_dir=data_dir, download=download, image_size=image_size,
-            channels=channels, skip_bad_images=skip_bad_images,
-        )
-    ref = stored_ref(model)
-    out = Path(out) if out is not None else default_out(short_name(model), dataset.name)
-    if out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} is a file; a run needs a folder")
-    if (out / "config.json").exists() and not overwrite:
-        raise RunError(
-            f"{out} already holds a run; continue it with --resume {out}, replace it with --overwrite, "
-            "or choose another --out"
-        )
 
-    fit, val = split_for_training(dataset, s)
-    mean, std = channel_stats(fit.x) if s.normalize else ([0.0] * fit.x.shape[1], [1.0] * fit.x.shape[1])
-    torch.manual_seed(s.seed)
-    net = load_model(ref, dataset.input_shape, dataset.num_classes)
-    config = {
-        "format": FORMAT_VERSION,
-        "cnnlab_version": __version__,
-        "torch_version": torch.__version__,
-        "created": datetime.now().isoformat(timespec="seconds"),
-        "model": ref,
-        "parameters": sum(p.numel() for p in net.parameters()),
-        "data": {
-            "dataset": dataset.name, "source": dataset.source, "classes": dataset.classes,
-            "input_shape": list(dataset.input_shape), "mean": mean, "std": std,
-            "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None,
-            "image_size": image_size,
-            "channels": channels, "skip_bad_images": skip_bad_images,
-            "train_images": len(fit), "val_images": len(val), "test_images": len(dataset.test),
-        },
-        "train": {**vars(s), "device": device},
-    }
+    Started by torchrun, each process trains its share of every batch (distributed.py).
+    """
+    name = dataset if isinstance(dataset, str) else dataset.name
+    recipe_model, recipe_settings = pick_recipe(recipe, name)
+    s = Settings(**{**recipe_settings, **settings})
+    s.check()
+    model = model or recipe_model
+    ctx = distributed.setup(resolve_device(device))
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"cannot make the run folder {out}: {exc.strerror or exc}") from exc
-    for stale in ("metrics.json", "history.csv", "model.safetensors", "checkpoint.pt", "summary.txt"):
-        (out / stale).unlink(missing_ok=True)  # an overwritten run must not mix with the old one
-    write_json(out / "config.json", config)
-    return _fit(net, dataset, fit, val, config, out, target, state=None, verbose=verbose)
+        target = distributed.rank_device(resolve_device(device), ctx)
+        if isinstance(dataset, str):
+            dataset = load_dataset(
+                dataset, data_dir=data_dir, download=download, image_size=image_size,
+                channels=channels, skip_bad_images=skip_bad_images,
+            )
+        ref = stored_ref(model)
+        # Rank 0 names the folder: the ranks' clocks may read different seconds.
+        out = distributed.from_main(Path(out) if out is not None else default_out(short_name(model), dataset.name), ctx)
+        if out.exists() and not out.is_dir():
+            raise RunError(f"--out {out} is a file; a run needs a folder")
+        if (out / "config.json").exists() and not overwrite:
+            raise RunError(
+                f"{out} already holds a run; continue it with --resume {out}, replace it with --overwrite, "
+                "or choose another --out"
+            )
+
+        fit, val = split_for_training(dataset, s)
+        mean, std = channel_stats(fit.x) if s.normalize else ([0.0] * fit.x.shape[1], [1.0] * fit.x.shape[1])
+        torch.manual_seed(s.seed)
+        net = load_model(ref, dataset.input_shape, dataset.num_classes)
+        config = {
+            "format": FORMAT_VERSION,
+            "cnnlab_version": __version__,
+            "torch_version": torch.__version__,
+            "created": datetime.now().isoformat(timespec="seconds"),
+            "model": ref,
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "data": {
+                "dataset": dataset.name, "source": dataset.source, "classes": dataset.classes,
+                "input_shape": list(dataset.input_shape), "mean": mean, "std": std,
+                "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None,
+                "image_size": image_size,
+                "channels": channels, "skip_bad_images": skip_bad_images,
+                "train_images": len(fit), "val_images": len(val), "test_images": len(dataset.test),
+            },
+            "train": {**vars(s), "device": device, "processes": ctx.world_size},
+        }
+        distributed.barrier(ctx)  # every rank has checked the folder before rank 0 writes into it
+        if ctx.is_main:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RunError(f"cannot make the run folder {out}: {exc.strerror or exc}") from exc
+            for stale in ("metrics.json", "history.csv", "model.safetensors", "checkpoint.pt", "summary.txt"):
+                (out / stale).unlink(missing_ok=True)  # an overwritten run must not mix with the old one
+            write_json(out / "config.json", config)
+        return _fit(net, dataset, fit, val, config, out, target, None, verbose, ctx)
+    finally:
+        distributed.teardown(ctx)
 
 
 def resume(run: str | Path, epochs: int | None = None, device: str = "auto", verbose: bool = True) -> Run:
