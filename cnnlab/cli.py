@@ -29,23 +29,41 @@ def _data_flags(p: argparse.ArgumentParser, dataset: bool = True) -> None:
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
-    from .train import Settings
+    from .data.augment import AUGMENTS
+    from .recipes import RECIPES
+    from .settings import OPTIMIZERS, PRECISIONS, SCHEDULES, Settings
 
-    d = Settings()
+    d = Settings()  # the lecture's recipe; flags left out keep the --recipe's values (None here)
     _data_flags(p)
+    p.add_argument("--recipe", choices=tuple(RECIPES), help="a named set of settings and model per dataset: "
+                   "lecture (the default: lecture 001's), fast, fast-long; the flags below override it")
     p.add_argument("--epochs", type=int, help=f"passes over the training data (default {d.epochs}; with "
                    "--resume: train on up to this many)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
-    p.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer, help="default adam")
-    p.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default {d.momentum})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 penalty (default 0)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, split and order (default 0)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+    p.add_argument("--batch-size", type=int, help=f"images per step, over all processes (default {d.batch_size})")
+    p.add_argument("--lr", type=float, help=f"(peak) learning rate (default {d.lr:g})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (SGD)")
+    p.add_argument("--weight-decay", type=float, help="L2 penalty (default 0; decoupled for adamw)")
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning rate over the run (default constant)")
+    p.add_argument("--warmup", type=float, help="share of the steps the rate rises over, from lr/10 (default 0)")
+    p.add_argument("--label-smoothing", type=float, help="share of the target spread over all classes (default 0)")
+    p.add_argument("--augment", choices=AUGMENTS, help="batch augmentation (default none; crop: shifts of up to "
+                   "2 pixels)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="NHWC memory layout")
+    p.add_argument("--precision", choices=PRECISIONS, help="bf16: autocast to bfloat16 (CPUs with AVX-512 BF16 "
+                   "or AMX, GPUs); default fp32")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (a pause first)")
+    p.add_argument("--threads", type=int, help="CPU threads per process (default: the cores, shared out under "
+                   "torchrun)")
+    p.add_argument("--seed", type=int, help="seed of weights, split, order and augmentation (default 0)")
+    p.add_argument("--val-fraction", type=float,
                    help=f"share of the training images held out for validation (default {d.val_fraction})")
     p.add_argument("--subset", type=int, help="train on the first N training images only")
+    p.add_argument("--watch-test", action=argparse.BooleanOptionalAction, help="also measure test accuracy after "
+                   "every epoch (a history column; the best epoch is still chosen on validation)")
     p.add_argument("--patience", type=int, help="stop after N epochs without a better validation loss")
-    p.add_argument("--no-normalize", dest="normalize", action="store_false",
+    p.add_argument("--no-normalize", dest="normalize", action="store_false", default=None,
                    help="only scale pixels to [0, 1], as the lectures do (default: also standardize)")
     p.add_argument("--out", help="run folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -62,7 +80,7 @@ def _format_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    from .train import Settings
+    from .settings import Settings
 
     keys = [f.name for f in fields(Settings)]  # every setting has a flag of the same name
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}  # None: Settings' default
@@ -123,6 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         (f"cnnlab predict {cnn} YOUR_IMAGE.png", "classify a picture of yours (--invert if dark on light)"),
         ("cnnlab compare seed-mlp seed-cnn --dataset fashion-mnist --data-dir DIR", "the full dataset"),
         ("cnnlab train --model small-cnn-28", "a batch-normalized CNN with 1/8 of the weights"),
+        ("cnnlab train --recipe fast", "a small CNN, one-cycle schedule, bf16: the fastest way to a good model"),
         ("cnnlab models", "every registered network"),
         ("cnnlab summary seed-cnn --explain", "every shape and parameter count as a formula"),
         ('cnnlab conv --input "1 2 3; 4 5 6; 7 8 9" --kernel "1 0; 0 -1"', "a convolution by hand, window by window"),
@@ -303,8 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     _device_flag(p)
 
     p = command("train", "train a model and write a run folder", cmd_train)
-    p.add_argument("--model", default="seed-cnn", help="a registered name (see `cnnlab models`), a spec such as "
-                   "\"conv(32,3) relu maxpool(2) flatten linear(10)\", a .json/.toml spec file, or package.module:attr")
+    p.add_argument("--model", help="a registered name (see `cnnlab models`), a spec such as \"conv(32,3) relu "
+                   "maxpool(2) flatten linear(10)\", a .json/.toml spec file, or package.module:attr (default: the "
+                   "recipe's; seed-cnn for the lecture's)")
     _train_flags(p)
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last epoch, with "
                    "the run's own settings (only --epochs, --device and --quiet apply)")

@@ -16,7 +16,8 @@ from .data import load_dataset
 from .errors import UsageError
 from .models import short_name
 from .runs import Run
-from .train import Settings, train
+from .recipes import settings_for
+from .train import train
 
 # The lectures' own settings; on the 8,000-image sample both models train in well under 2 minutes.
 DEMO_MODELS = ("seed-mlp", "seed-cnn")
@@ -70,7 +71,7 @@ def compare(
         raise UsageError("name at least one model to compare")
     if len(set(models)) != len(models):
         raise UsageError("each model can appear only once in a comparison")
-    Settings(**settings).check()  # before loading data, which may take a while
+    settings_for(settings.get("recipe", "lecture"), dataset, settings)  # checked before loading the data
     data = load_dataset(
         dataset, data_dir=data_dir, download=download, image_size=image_size, channels=channels,
         skip_bad_images=skip_bad_images,

@@ -79,6 +79,13 @@ def barrier(ctx: Context) -> None:
         dist.barrier()
 
 
+def all_sum(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """`tensor` summed over the ranks (itself in a single process)."""
+    if ctx.world_size > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def from_main(value: Any, ctx: Context) -> Any:
     """Rank 0's `value` on every rank (e.g. a run folder named from the clock)."""
     if ctx.world_size == 1:

@@ -1,7 +1,8 @@
 """The run folder: what training writes and every later command reads.
 
     config.json        everything needed to rebuild the model and the data transform
-    history.csv        one row per epoch: epoch, seconds, train/val loss and accuracy, lr
+    history.csv        one row per epoch: epoch, seconds, train/val loss and accuracy, lr (and test
+                       accuracy with --watch-test)
     metrics.json       test accuracy (a fraction), per-class accuracy, confusion matrix, seconds
     model.safetensors  the best weights (lowest validation loss)
     checkpoint.pt      last epoch's weights, optimizer and RNG state, for --resume
@@ -30,7 +31,9 @@ from .errors import RunError
 from .models import load_model
 
 FORMAT_VERSION = 1
-HISTORY_FIELDS = ["epoch", "seconds", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+HISTORY_FIELDS = [
+    "epoch", "seconds", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "test_accuracy",
+]
 
 
 def atomic_write(path: str | Path, write: Any) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,114 +22,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_model as load_safetensors
 
 from . import __version__, distributed
-from .data.augment import check_augment
 from .data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
 from .errors import Interrupted, RunError, TrainingError, UsageError
 from .evaluate import EVAL_BATCH, evaluate_model, load_run_data, loss_and_accuracy, resolve_device
 from .formatting import summary_table
-from .recipes import recipe as pick_recipe
 from .models import load_model, short_name, stored_ref
+from .recipes import settings_for
 from .runs import (
     FORMAT_VERSION, Run, load_checkpoint, open_run, save_checkpoint, save_weights, write_history, write_json,
     write_text,
 )
+from .settings import Settings, lr_factor, make_optimizer, settings_of
 from .summary import summarize
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "onecycle", "cosine")
-PRECISIONS = ("fp32", "bf16")
-
-
-@dataclass
-class Settings:
-    """How to train; the lectures' settings are the defaults (Adam, lr 1e-3, batch 32, 5 epochs)."""
-
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0
-    seed: int = 0
-    val_fraction: float = 0.1
-    subset: int | None = None  # train on the first N training images
-    patience: int | None = None  # stop after this many epochs without a better validation loss
-    normalize: bool = True  # standardize with the training split's mean and std, else only / 255
-    nesterov: bool = False  # SGD only
-    schedule: str = "constant"  # the learning rate over the run: constant, onecycle or cosine
-    warmup: float = 0.0  # share of the steps over which the rate rises linearly from lr / 10 (onecycle, cosine)
-    label_smoothing: float = 0.0
-    augment: str = "none"  # none, flip, crop or crop+flip (crop: shifts of up to 2 pixels)
-    channels_last: bool = False  # NHWC memory layout, which oneDNN and cuDNN convolutions prefer
-    precision: str = "fp32"  # bf16: autocast matmuls and convolutions (AMX / AVX-512 BF16 CPUs, GPUs)
-    compile: bool = False  # torch.compile the model (a compile pause first; pays off on long GPU runs)
-    threads: int | None = None  # CPU threads (default: PyTorch's, one per core; shared out under torchrun)
-    recipe: str = "lecture"  # the recipe these settings started from (recipes.py)
-
-    def check(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise UsageError("--epochs and --batch-size must be at least 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UsageError(f"--lr must be a positive number, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {self.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
-        if self.subset is not None and self.subset < 2:
-            raise UsageError("--subset must be at least 2 images")
-        if self.patience is not None and self.patience < 1:
-            raise UsageError("--patience must be at least 1 epoch")
-        if self.patience is not None and self.val_fraction == 0:
-            raise UsageError("--patience needs a validation split to watch; keep --val-fraction above 0")
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise UsageError("--momentum and --weight-decay cannot be negative")
-        if not 0 <= self.seed < 2**63:
-            raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
-        choices = {"--schedule": (self.schedule, SCHEDULES), "--precision": (self.precision, PRECISIONS)}
-        for flag, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise UsageError(f"unknown {flag} {value!r}; use one of {', '.join(allowed)}")
-        check_augment(self.augment)
-        if not 0 <= self.warmup < 1 or not 0 <= self.label_smoothing < 1:
-            raise UsageError("--warmup and --label-smoothing must be in [0, 1)")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError("--threads must be at least 1")
-
-
-def settings_of(config: dict[str, Any]) -> Settings:
-    """The Settings stored in a run's config.json (a run from before a setting existed gets its default)."""
-    return Settings(**{k: v for k, v in config["train"].items() if k not in ("device", "processes")})
 
 
 def split_for_training(dataset: ImageData, s: Settings) -> tuple[Split, Split]:
     """(fit, validation): the first `subset` training images, less a seeded validation share."""
     train_split = dataset.train.take(slice(0, s.subset)) if s.subset else dataset.train
     return train_val_split(train_split, s.val_fraction, s.seed)
-
-
-def make_optimizer(model: torch.nn.Module, s: Settings) -> torch.optim.Optimizer:
-    if s.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
-        )
-    if s.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-
-
-def lr_factor(step: int, total: int, s: Settings) -> float:
-    """The learning rate at `step` of `total`, as a fraction of --lr.
-
-    onecycle: up linearly from 1/10 over the warmup, then down linearly to 0 (airbench's shape);
-    cosine: the same warmup, then a half cosine down to 0; constant: 1 throughout.
-    """
-    if s.schedule == "constant":
-        return 1.0
-    warm = int(s.warmup * total)
-    if step < warm:
-        return 0.1 + 0.9 * step / warm
-    done = (step - warm) / max(1, total - warm)  # 0 -> 1 after the warmup
-    if s.schedule == "onecycle":
-        return max(0.0, 1.0 - done)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
 
 def default_out(model: str, dataset: str) -> Path:
@@ -173,12 +82,15 @@ def train(
     Started by torchrun, each process trains its share of every batch (distributed.py).
     """
     name = dataset if isinstance(dataset, str) else dataset.name
-    recipe_model, recipe_settings = pick_recipe(recipe, name)
-    s = Settings(**{**recipe_settings, **settings})
-    s.check()
+    recipe_model, s = settings_for(recipe, name, settings)
     model = model or recipe_model
     ctx = distributed.setup(resolve_device(device))
     try:
+        if s.batch_size % ctx.world_size:
+            raise UsageError(
+                f"the batch size {s.batch_size} does not split evenly over {ctx.world_size} processes; "
+                f"use a multiple of {ctx.world_size}"
+            )
         target = distributed.rank_device(resolve_device(device), ctx)
         if isinstance(dataset, str):
             dataset = load_dataset(
@@ -187,7 +99,8 @@ def train(
             )
         ref = stored_ref(model)
         # Rank 0 names the folder: the ranks' clocks may read different seconds.
-        out = distributed.from_main(Path(out) if out is not None else default_out(short_name(model), dataset.name), ctx)
+        out = Path(out) if out is not None else default_out(short_name(model), dataset.name)
+        out = distributed.from_main(out, ctx)
         if out.exists() and not out.is_dir():
             raise RunError(f"--out {out} is a file; a run needs a folder")
         if (out / "config.json").exists() and not overwrite:
@@ -197,6 +110,8 @@ def train(
             )
 
         fit, val = split_for_training(dataset, s)
+        if len(fit) < ctx.world_size:
+            raise UsageError(f"{len(fit)} training images cannot be shared among {ctx.world_size} processes")
         mean, std = channel_stats(fit.x) if s.normalize else ([0.0] * fit.x.shape[1], [1.0] * fit.x.shape[1])
         torch.manual_seed(s.seed)
         net = load_model(ref, dataset.input_shape, dataset.num_classes)
@@ -232,7 +147,10 @@ def train(
 
 
 def resume(run: str | Path, epochs: int | None = None, device: str = "auto", verbose: bool = True) -> Run:
-    """Continue an interrupted run from its last completed epoch (optionally up to more epochs)."""
+    """Continue an interrupted run from its last completed epoch (optionally up to more epochs).
+
+    A schedule (onecycle, cosine) is laid over the new number of epochs from the step it stands at.
+    """
     previous = open_run(run)
     state = load_checkpoint(previous.path / "checkpoint.pt") if (previous.path / "checkpoint.pt").exists() else None
     if state is None:
@@ -245,12 +163,38 @@ def resume(run: str | Path, epochs: int | None = None, device: str = "auto", ver
         if epochs < max(1, state["epoch"]):
             raise UsageError(f"--epochs {epochs} is fewer than the {state['epoch']} epochs this run has done")
         config["train"]["epochs"] = epochs
-    dataset = load_run_data(previous)
-    fit, val = split_for_training(dataset, settings_of(config))
-    net = load_model(config["model"], tuple(config["data"]["input_shape"]), len(config["data"]["classes"]))
-    write_json(previous.path / "config.json", config)
-    state["history"] = previous.history[: state["epoch"]]  # a row written after the checkpoint is redone
-    return _fit(net, dataset, fit, val, config, previous.path, resolve_device(device), state, verbose)
+    ctx = distributed.setup(resolve_device(device))
+    try:
+        if ctx.world_size != config["train"].get("processes", 1):
+            raise UsageError(
+                f"{previous.path} was trained by {config['train'].get('processes', 1)} processes; resume it with "
+                "as many (each takes its share of every batch, and the batch must split the same way)"
+            )
+        dataset = load_run_data(previous)
+        fit, val = split_for_training(dataset, settings_of(config))
+        net = load_model(config["model"], tuple(config["data"]["input_shape"]), len(config["data"]["classes"]))
+        distributed.barrier(ctx)  # every rank has read config.json before rank 0 rewrites it
+        if ctx.is_main:
+            write_json(previous.path / "config.json", config)
+        state["history"] = previous.history[: state["epoch"]]  # a row written after the checkpoint is redone
+        target = distributed.rank_device(resolve_device(device), ctx)
+        return _fit(net, dataset, fit, val, config, previous.path, target, state, verbose, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _describe(s: Settings, device: torch.device, ctx: distributed.Context) -> str:
+    """The settings that shape this run, for its first printed line."""
+    parts = [f"{s.optimizer}{' nesterov' if s.nesterov else ''} lr {s.lr:g}"
+             + (f" {s.schedule} (warmup {s.warmup:g})" if s.schedule != "constant" else ""),
+             f"batch {s.batch_size}", f"{s.epochs} epochs"]
+    parts += [f"weight decay {s.weight_decay:g}"] if s.weight_decay else []
+    parts += [f"label smoothing {s.label_smoothing:g}"] if s.label_smoothing else []
+    parts += [f"augment {s.augment}"] if s.augment != "none" else []
+    parts += [name for name, on in (("channels_last", s.channels_last), ("bf16", s.precision == "bf16"),
+                                    ("compiled", s.compile)) if on]
+    where = f"{ctx.world_size} processes on {device.type}" if ctx.world_size > 1 else device.type
+    return ", ".join(parts + [where])
 
 
 def _fit(
@@ -263,91 +207,123 @@ def _fit(
     device: torch.device,
     state: dict[str, Any] | None,
     verbose: bool,
+    ctx: distributed.Context,
 ) -> Run:
-    """The training loop proper, from scratch (state None) or from a checkpoint's state."""
+    """The training loop proper, from scratch (state None) or from a checkpoint's state.
+
+    Under torchrun every rank runs this loop on its share of each batch; only rank 0 prints and writes.
+    """
     s = settings_of(config)
     mean, std = config["data"]["mean"], config["data"]["std"]
+    if s.threads or ctx.local_world_size > 1:
+        torch.set_num_threads(s.threads or distributed.default_threads(ctx))
     net.to(device)
+    if s.channels_last:
+        net.to(memory_format=torch.channels_last)
+    model = distributed.wrap(net, ctx, device)  # what trains; `net` is what is saved and validated
+    if s.compile:
+        model = torch.compile(model)
     optimizer = make_optimizer(net, s)
-    train_loader = BatchLoader(fit, s.batch_size, mean, std, shuffle=True, seed=s.seed, device=device)
+    train_loader = BatchLoader(
+        fit, s.batch_size, mean, std, shuffle=True, seed=s.seed, device=device, augmentation=s.augment,
+        channels_last=s.channels_last, rank=ctx.rank, world_size=ctx.world_size,
+    )
     val_loader = BatchLoader(val, EVAL_BATCH, mean, std, device=device)
+    test_loader = BatchLoader(dataset.test, EVAL_BATCH, mean, std, device=device) if s.watch_test else None
+    total_steps = len(train_loader) * s.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, s))
     history: list[dict[str, float]] = []
     best_val, best_epoch, bad_epochs, start = math.inf, 0, 0, 0
     if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:  # runs from before schedules existed had a constant rate
+            scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         best_val, best_epoch = state["best_val_loss"], state["best_epoch"]
         bad_epochs, start, history = state["bad_epochs"], state["epoch"], state["history"]
 
     summary = summarize(net, tuple(dataset.input_shape), name=short_name(config["model"]))
-    write_text(out / "summary.txt", summary_table(summary, explain=True) + "\n")
-    console = Console(quiet=not verbose, highlight=False, soft_wrap=True)
+    console = Console(quiet=not (verbose and ctx.is_main), highlight=False, soft_wrap=True)
+    if ctx.is_main:
+        write_text(out / "summary.txt", summary_table(summary, explain=True) + "\n")
     console.print(summary_table(summary) + "\n", markup=False)
     console.print(
         f"[bold]{short_name(config['model'])}[/] on [bold]{dataset.name}[/]: {config['parameters']:,} parameters, "
         f"{len(fit):,} training / {len(val):,} validation images {tuple(dataset.input_shape)}, "
-        f"{s.optimizer} lr {s.lr:g}, batch {s.batch_size}, {s.epochs} epochs, {device.type}; run folder {out}"
+        f"{_describe(s, device, ctx)}; run folder {out}"
     )
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[stats]}"), console=console, transient=True, disable=not verbose,
+        TextColumn("{task.fields[stats]}"), console=console, transient=True, disable=not (verbose and ctx.is_main),
     )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16")
     epoch = start
     try:
         with progress:
             for epoch in range(start, s.epochs):
-                net.train()
+                model.train()
                 train_loader.set_epoch(epoch)
                 task = progress.add_task(f"epoch {epoch + 1}/{s.epochs}", total=len(train_loader), stats="")
                 started = time.perf_counter()
-                loss_sum = torch.zeros((), device=device)
-                correct = torch.zeros((), device=device, dtype=torch.int64)
-                seen = 0
+                totals = torch.zeros(3, device=device)  # loss sum, correct, images: this rank's share
                 for step, (x, y) in enumerate(train_loader):
-                    logits = net(x)  # (B, classes)
-                    loss = F.cross_entropy(logits, y)
+                    # The global batch's size: each rank's summed loss is scaled so that the ranks' gradients,
+                    # averaged by DDP, equal one process's mean over the whole batch (even an uneven last one).
+                    n_global = min(s.batch_size, len(fit) - step * s.batch_size)
+                    with autocast:
+                        logits = model(x)  # (B, classes)
+                        loss_sum = F.cross_entropy(logits.float(), y, label_smoothing=s.label_smoothing,
+                                                   reduction="sum")
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (loss_sum * (ctx.world_size / n_global)).backward()
                     optimizer.step()
-                    loss_sum += loss.detach() * len(y)
-                    correct += (logits.argmax(1) == y).sum()
-                    seen += len(y)
+                    scheduler.step()
+                    totals[0] += loss_sum.detach()
+                    totals[1] += (logits.argmax(1) == y).sum()
+                    totals[2] += len(y)
                     if step % 20 == 0 or step == len(train_loader) - 1:  # .item() waits for the GPU: not every step
-                        mean_loss = loss_sum.item() / seen
-                        if not math.isfinite(mean_loss):
+                        # Summed over ranks, so that every rank sees a NaN and stops together.
+                        loss_now, correct_now, seen_now = distributed.all_sum(totals.clone(), ctx).tolist()
+                        if not math.isfinite(loss_now):
                             raise TrainingError(
-                                f"the loss became {mean_loss} in epoch {epoch + 1} (batch {step + 1}): training "
-                                f"diverged. Lower the learning rate (now --lr {s.lr:g}), e.g. to {s.lr / 10:g}. "
-                                f"The best weights so far are kept in {out / 'model.safetensors'}."
+                                f"the loss became {loss_now / seen_now} in epoch {epoch + 1} (batch {step + 1}): "
+                                f"training diverged. Lower the learning rate (now --lr {s.lr:g}), e.g. to "
+                                f"{s.lr / 10:g}. The best weights so far are kept in {out / 'model.safetensors'}."
                             )
-                        stats = f"loss {mean_loss:.4f} acc {correct.item() / seen:.2%}"
-                        progress.update(task, completed=step + 1, stats=stats)
+                        progress.update(task, completed=step + 1,
+                                        stats=f"loss {loss_now / seen_now:.4f} acc {correct_now / seen_now:.2%}")
                 seconds = time.perf_counter() - started
+                # Every rank holds the same weights, so each validates alike and agrees on the best epoch.
                 val_loss, val_acc = loss_and_accuracy(net, val_loader)
                 row = {
                     "epoch": epoch + 1, "seconds": round(seconds, 3),
-                    "train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
+                    "train_loss": loss_now / seen_now, "train_accuracy": correct_now / seen_now,
                     "val_loss": val_loss, "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
                 }
+                if test_loader is not None:  # to see when a recipe reaches an accuracy; outside the timing
+                    row["test_accuracy"] = loss_and_accuracy(net, test_loader)[1]
                 history.append(row)
                 progress.remove_task(task)
                 # Keep the weights with the lowest validation loss; without a validation split, the last.
                 improved = len(val) == 0 or val_loss < best_val
                 if improved:
                     best_val, best_epoch, bad_epochs = val_loss, epoch + 1, 0
-                    save_weights(net, out / "model.safetensors")
                 else:
                     bad_epochs += 1
-                write_history(out / "history.csv", history)
-                save_checkpoint(
-                    {
-                        "model": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-                        "epoch": epoch + 1, "best_val_loss": best_val, "best_epoch": best_epoch,
-                        "bad_epochs": bad_epochs,
-                    },
-                    out / "checkpoint.pt",
-                )
+                if ctx.is_main:
+                    if improved:
+                        save_weights(net, out / "model.safetensors")
+                    write_history(out / "history.csv", history)
+                    save_checkpoint(
+                        {
+                            "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                            "epoch": epoch + 1, "best_val_loss": best_val, "best_epoch": best_epoch,
+                            "bad_epochs": bad_epochs,
+                        },
+                        out / "checkpoint.pt",
+                    )
                 console.print(
                     f"epoch {epoch + 1:>3}/{s.epochs}  train loss {_fmt(row['train_loss'])} "
                     f"acc {_fmt(row['train_accuracy'], True)}  val loss {_fmt(val_loss)} "
@@ -367,7 +343,12 @@ def _fit(
             f"Continue with: cnnlab train --resume {out}"
         ) from None
 
-    return _finish(net, dataset, config, out, history, best_epoch, device, console)
+    if not ctx.is_main:
+        distributed.barrier(ctx)  # rank 0 tests the model and writes metrics.json
+        return open_run(out)
+    run = _finish(net, dataset, config, out, history, best_epoch, device, console)
+    distributed.barrier(ctx)
+    return run
 
 
 def _finish(

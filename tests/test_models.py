@@ -51,6 +51,9 @@ def test_models_adapt_to_other_inputs():
 def test_small_cnns_are_small():
     assert count(get_model("small-cnn-28", (1, 28, 28), 10)) == 94_186
     assert count(get_model("small-cnn-32", (3, 32, 32), 10)) == 288_746
+    # convs 1*16*9 + 16*32*9 + 32*64*9, batch norms 2 * (16 + 32 + 64), linear 64*10 + 10
+    assert count(get_model("fast-cnn-28", (1, 28, 28), 10)) == 144 + 4608 + 18432 + 224 + 650 == 24_058
+    assert count(get_model("fast-cnn-28-wide", (1, 28, 28), 10)) == count(get_model("small-cnn-28", (1, 28, 28), 10))
     assert count(get_model("small-cnn-28")) < count(get_model("seed-cnn")) / 7
 
 

@@ -108,8 +108,15 @@ def test_nan_loss_is_a_clear_error(tmp_path):
                      out=tmp_path / "r", verbose=False)
 
 
-def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    kwargs = dict(subset=400, epochs=3, verbose=False)
+FAST_PATH = {"optimizer": "sgd", "lr": 0.05, "nesterov": True, "schedule": "onecycle", "warmup": 0.3,
+             "augment": "crop+flip", "label_smoothing": 0.1, "weight_decay": 5e-4, "channels_last": True,
+             "precision": "bf16"}
+
+
+@pytest.mark.parametrize("extra", [{}, FAST_PATH], ids=["lecture", "fast-path"])
+def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, extra):
+    """The schedule's step, the augmentation's draws and the optimizer's state all survive the cut."""
+    kwargs = dict(subset=400, epochs=3, verbose=False, **extra)
     whole = cnnlab.train("seed-cnn", "sample", out=tmp_path / "whole", **kwargs)
 
     real_cross_entropy = train_module.F.cross_entropy
@@ -131,6 +138,17 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatc
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
     assert resumed.metrics["test_accuracy"] == whole.metrics["test_accuracy"]
+
+
+def test_fast_path_learns_and_records_its_settings(tmp_path):
+    run = cnnlab.train(None, "sample", recipe="fast", subset=2000, epochs=3, batch_size=64, out=tmp_path / "r",
+                       verbose=False)
+    assert run.config["model"] == "fast-cnn-28"
+    train_settings = run.config["train"]
+    assert (train_settings["recipe"], train_settings["schedule"], train_settings["precision"]) == (
+        "fast", "onecycle", "bf16")
+    assert run.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the one-cycle schedule ran to its end
+    assert run.metrics["test_accuracy"] >= 0.75
 
 
 def test_existing_run_is_not_overwritten(trained_run):

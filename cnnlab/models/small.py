@@ -47,3 +47,31 @@ def small_cnn_28(input_shape: tuple[int, int, int], num_classes: int) -> nn.Modu
                 input_shape=(3, 32, 32))
 def small_cnn_32(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     return small_cnn(input_shape[0], num_classes, widths=(32, 64, 128), convs_per_block=2)
+
+
+def fast_cnn(in_channels: int, num_classes: int, widths: Sequence[int]) -> nn.Sequential:
+    """Per width: 3x3 convolution, 2x2 max-pool, batch norm, ReLU: pooling first (as airbench does) gives
+    batch norm and ReLU a quarter of the pixels, and on a CPU those memory-bound ops, not the
+    convolutions, take most of a step."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for width in widths:
+        layers += [
+            nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False),
+            nn.MaxPool2d(2),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        ]
+        channels = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
+    return nn.Sequential(*layers)
+
+
+@register_model("fast-cnn-28", "3 conv-pool-BN-ReLU blocks (16-32-64): `--recipe fast`'s network for 28x28")
+def fast_cnn_28(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    return fast_cnn(input_shape[0], num_classes, widths=(16, 32, 64))
+
+
+@register_model("fast-cnn-28-wide", "fast-cnn-28 twice as wide (32-64-128): `--recipe fast-long`'s for 28x28")
+def fast_cnn_28_wide(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    return fast_cnn(input_shape[0], num_classes, widths=(32, 64, 128))

@@ -1,0 +1,109 @@
+"""Training settings: what `cnnlab train` can be told, checked, and the pieces they pick.
+
+The defaults are lecture 001's recipe (Adam, lr 1e-3, batch 32, 5 epochs); recipes.py names
+faster sets. A run stores its Settings in config.json, so `--resume` and reports read them back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .data.augment import check_augment
+from .errors import UsageError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "onecycle", "cosine")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class Settings:
+    """How to train; the lectures' settings are the defaults (Adam, lr 1e-3, batch 32, 5 epochs)."""
+
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    seed: int = 0
+    val_fraction: float = 0.1
+    subset: int | None = None  # train on the first N training images
+    patience: int | None = None  # stop after this many epochs without a better validation loss
+    normalize: bool = True  # standardize with the training split's mean and std, else only / 255
+    nesterov: bool = False  # SGD only
+    schedule: str = "constant"  # the learning rate over the run: constant, onecycle or cosine
+    warmup: float = 0.0  # share of the steps over which the rate rises linearly from lr / 10 (onecycle, cosine)
+    label_smoothing: float = 0.0
+    augment: str = "none"  # none, flip, crop or crop+flip (crop: shifts of up to 2 pixels)
+    channels_last: bool = False  # NHWC memory layout, which oneDNN and cuDNN convolutions prefer
+    precision: str = "fp32"  # bf16: autocast matmuls and convolutions (AMX / AVX-512 BF16 CPUs, GPUs)
+    compile: bool = False  # torch.compile the model (a compile pause first; pays off on long GPU runs)
+    threads: int | None = None  # CPU threads (default: PyTorch's, one per core; shared out under torchrun)
+    watch_test: bool = False  # also measure test accuracy after every epoch (it never picks the best epoch)
+    recipe: str = "lecture"  # the recipe these settings started from (recipes.py)
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UsageError("--epochs and --batch-size must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be a positive number, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {self.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
+        if self.subset is not None and self.subset < 2:
+            raise UsageError("--subset must be at least 2 images")
+        if self.patience is not None and self.patience < 1:
+            raise UsageError("--patience must be at least 1 epoch")
+        if self.patience is not None and self.val_fraction == 0:
+            raise UsageError("--patience needs a validation split to watch; keep --val-fraction above 0")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise UsageError("--momentum and --weight-decay cannot be negative")
+        if not 0 <= self.seed < 2**63:
+            raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
+        choices = {"--schedule": (self.schedule, SCHEDULES), "--precision": (self.precision, PRECISIONS)}
+        for flag, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise UsageError(f"unknown {flag} {value!r}; use one of {', '.join(allowed)}")
+        check_augment(self.augment)
+        if not 0 <= self.warmup < 1 or not 0 <= self.label_smoothing < 1:
+            raise UsageError("--warmup and --label-smoothing must be in [0, 1)")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise UsageError("--nesterov needs --optimizer sgd and a --momentum above 0")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError("--threads must be at least 1")
+
+
+def settings_of(config: dict[str, Any]) -> Settings:
+    """The Settings stored in a run's config.json (a run from before a setting existed gets its default)."""
+    return Settings(**{k: v for k, v in config["train"].items() if k not in ("device", "processes")})
+
+
+def make_optimizer(model: torch.nn.Module, s: Settings) -> torch.optim.Optimizer:
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
+        )
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+
+
+def lr_factor(step: int, total: int, s: Settings) -> float:
+    """The learning rate at `step` of `total`, as a fraction of --lr.
+
+    onecycle: up linearly from 1/10 over the warmup, then down linearly to 0 (airbench's shape);
+    cosine: the same warmup, then a half cosine down to 0; constant: 1 throughout.
+    """
+    if s.schedule == "constant":
+        return 1.0
+    warm = int(s.warmup * total)
+    if step < warm:
+        return 0.1 + 0.9 * step / warm
+    done = (step - warm) / max(1, total - warm)  # 0 -> 1 after the warmup
+    if s.schedule == "onecycle":
+        return max(0.0, 1.0 - done)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
