@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import cnnlab
 from cnnlab.data import load_dataset
-from cnnlab.evaluate import evaluate_model
+from cnnlab.evaluate import evaluate_model, judged
 from cnnlab.models import get_model
 from cnnlab.summary import summarize
 
@@ -108,7 +108,7 @@ def cnnlab_recipe(name: str, root: str, out: str, model: str | None, recipe: str
     run = cnnlab.train(model, name, recipe=recipe, data_dir=root, out=out, overwrite=True, device="cpu",
                        verbose=False, val_fraction=0.0, watch_test=True, **settings)
     data = load_dataset(name, data_dir=root)
-    net = run.build_model()
+    net = judged(run.build_model(), run.config["train"]["tta"])  # as `cnnlab evaluate` runs it
     evaluate_model(net, data.test, run.classes, run.mean, run.std)  # warm-up
     started = time.perf_counter()
     evaluate_model(net, data.test, run.classes, run.mean, run.std)

@@ -50,7 +50,11 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, help="share of the target spread over all classes (default 0)")
     p.add_argument("--augment", choices=AUGMENTS, help="batch augmentation (default none; crop: shifts of up to "
                    "2 pixels)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="NHWC memory layout")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="test-time augmentation: validate, test "
+                   "and predict on each image and its mirror image, averaged (for data where a mirror image is "
+                   "the same class)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="NHWC memory layout (default on: the same arithmetic, faster convolutions)")
     p.add_argument("--precision", choices=PRECISIONS, help="bf16: autocast to bfloat16 (CPUs with AVX-512 BF16 "
                    "or AMX, GPUs); default fp32")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (a pause first)")

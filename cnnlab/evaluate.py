@@ -33,6 +33,24 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
+class FlipAverage(nn.Module):
+    """Test-time augmentation: the mean of the model's probabilities for an image and its mirror
+    image, returned as log-probabilities, so that cross-entropy, argmax and softmax work unchanged."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        both = torch.stack([self.model(x).float().log_softmax(1), self.model(x.flip(-1)).float().log_softmax(1)])
+        return both.logsumexp(0) - math.log(2)  # (N, classes): log of the mean of the two probabilities
+
+
+def judged(model: nn.Module, tta: bool) -> nn.Module:
+    """The model as validation, testing and prediction use it: with flip TTA when the run asks for it."""
+    return FlipAverage(model) if tta else model
+
+
 @torch.no_grad()
 def loss_and_accuracy(model: nn.Module, loader: BatchLoader) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `model` over `loader` (eval mode)."""
@@ -141,7 +159,7 @@ def evaluate(
     run = run if isinstance(run, Run) else open_run(run)
     data = load_run_data(run, data_dir, download, dataset)
     target = resolve_device(device)
-    model = run.build_model().to(target)
+    model = judged(run.build_model().to(target), run.config["train"].get("tta", False))
     return evaluate_model(model, data.split(split), run.classes, run.mean, run.std, split, target)
 
 
@@ -169,7 +187,7 @@ def predict(
     if not paths:
         raise UsageError("give at least one image file to predict")
     target = resolve_device(device)
-    model = run.build_model().to(target)
+    model = judged(run.build_model().to(target), run.config["train"].get("tta", False))
     c, h, w = run.input_shape
     batch = torch.stack([images.load(p, channels=c, size=(h, w)) for p in paths])  # (N, C, H, W)
     if invert:

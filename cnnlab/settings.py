@@ -40,10 +40,13 @@ class Settings:
     warmup: float = 0.0  # share of the steps over which the rate rises linearly from lr / 10 (onecycle, cosine)
     label_smoothing: float = 0.0
     augment: str = "none"  # none, flip, crop or crop+flip (crop: shifts of up to 2 pixels)
-    channels_last: bool = False  # NHWC memory layout, which oneDNN and cuDNN convolutions prefer
+    # NHWC memory layout: the same arithmetic as NCHW, and oneDNN and cuDNN convolutions run faster on it
+    # (seed-cnn at batch 32 on 2 CPU cores: 1.6x). On by default; it leaves the lecture's settings as they are.
+    channels_last: bool = True
     precision: str = "fp32"  # bf16: autocast matmuls and convolutions (AMX / AVX-512 BF16 CPUs, GPUs)
     compile: bool = False  # torch.compile the model (a compile pause first; pays off on long GPU runs)
     threads: int | None = None  # CPU threads (default: PyTorch's, one per core; shared out under torchrun)
+    tta: bool = False  # validate, test and predict on each image and its mirror image, averaged
     watch_test: bool = False  # also measure test accuracy after every epoch (it never picks the best epoch)
     recipe: str = "lecture"  # the recipe these settings started from (recipes.py)
 

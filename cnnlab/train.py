@@ -24,7 +24,7 @@ from safetensors.torch import load_model as load_safetensors
 from . import __version__, distributed
 from .data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
 from .errors import Interrupted, RunError, TrainingError, UsageError
-from .evaluate import EVAL_BATCH, evaluate_model, load_run_data, loss_and_accuracy, resolve_device
+from .evaluate import EVAL_BATCH, evaluate_model, judged, load_run_data, loss_and_accuracy, resolve_device
 from .formatting import summary_table
 from .models import load_model, short_name, stored_ref
 from .recipes import settings_for
@@ -191,8 +191,8 @@ def _describe(s: Settings, device: torch.device, ctx: distributed.Context) -> st
     parts += [f"weight decay {s.weight_decay:g}"] if s.weight_decay else []
     parts += [f"label smoothing {s.label_smoothing:g}"] if s.label_smoothing else []
     parts += [f"augment {s.augment}"] if s.augment != "none" else []
-    parts += [name for name, on in (("channels_last", s.channels_last), ("bf16", s.precision == "bf16"),
-                                    ("compiled", s.compile)) if on]
+    parts += [name for name, on in (("NCHW layout", not s.channels_last), ("bf16", s.precision == "bf16"),
+                                    ("flip TTA", s.tta), ("compiled", s.compile)) if on]
     where = f"{ctx.world_size} processes on {device.type}" if ctx.world_size > 1 else device.type
     return ", ".join(parts + [where])
 
@@ -295,14 +295,14 @@ def _fit(
                                         stats=f"loss {loss_now / seen_now:.4f} acc {correct_now / seen_now:.2%}")
                 seconds = time.perf_counter() - started
                 # Every rank holds the same weights, so each validates alike and agrees on the best epoch.
-                val_loss, val_acc = loss_and_accuracy(net, val_loader)
+                val_loss, val_acc = loss_and_accuracy(judged(net, s.tta), val_loader)
                 row = {
                     "epoch": epoch + 1, "seconds": round(seconds, 3),
                     "train_loss": loss_now / seen_now, "train_accuracy": correct_now / seen_now,
                     "val_loss": val_loss, "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
                 }
                 if test_loader is not None:  # to see when a recipe reaches an accuracy; outside the timing
-                    row["test_accuracy"] = loss_and_accuracy(net, test_loader)[1]
+                    row["test_accuracy"] = loss_and_accuracy(judged(net, s.tta), test_loader)[1]
                 history.append(row)
                 progress.remove_task(task)
                 # Keep the weights with the lowest validation loss; without a validation split, the last.
@@ -358,6 +358,7 @@ def _finish(
     """Evaluate the best weights on the test split (and extra splits), write metrics.json."""
     load_safetensors(net, out / "model.safetensors", device=str(device))  # the best epoch's, not the last
     net.eval()
+    net = judged(net, config["train"].get("tta", False))
     mean, std = config["data"]["mean"], config["data"]["std"]
     test = evaluate_model(net, dataset.test, dataset.classes, mean, std, "test", device)
     extra = {

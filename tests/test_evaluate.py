@@ -10,7 +10,7 @@ from PIL import Image
 import cnnlab
 from cnnlab.data import BatchLoader, load_dataset
 from cnnlab.errors import ImageError, RunError, UsageError
-from cnnlab.evaluate import collect_logits
+from cnnlab.evaluate import FlipAverage, collect_logits, judged
 
 
 def test_evaluate_matches_metrics_and_own_count(trained_run):
@@ -86,3 +86,28 @@ def test_missing_or_damaged_run(tmp_path):
     (tmp_path / "config.json").write_text("{")
     with pytest.raises(RunError, match="not valid JSON"):
         cnnlab.open_run(tmp_path)
+
+
+def test_flip_average_is_the_mean_of_the_two_probabilities():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 5 * 6, 4))
+    x = torch.randn(3, 2, 5, 6)
+    expected = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2  # (3, 4)
+    torch.testing.assert_close(FlipAverage(model)(x).exp(), expected, atol=1e-6, rtol=1e-5)
+    assert judged(model, tta=False) is model
+
+
+def test_a_tta_run_evaluates_and_predicts_with_flips(tmp_path):
+    run = cnnlab.train("seed-cnn", "sample", subset=300, epochs=1, tta=True, out=tmp_path / "r", verbose=False)
+    data = load_dataset("sample")
+    logits, labels = collect_logits(FlipAverage(run.build_model()), BatchLoader(data.test, 500, run.mean, run.std))
+    plain, _ = collect_logits(run.build_model(), BatchLoader(data.test, 500, run.mean, run.std))
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    assert run.metrics["test_accuracy"] == pytest.approx(accuracy)
+    assert cnnlab.evaluate(run).accuracy == pytest.approx(accuracy)
+    assert (logits.argmax(1) != plain.argmax(1)).any()  # the flips changed some answers: TTA was applied
+    image = tmp_path / "first.png"
+    Image.fromarray(data.test.x[0, 0].numpy()).save(image)
+    top_class, top_probability = cnnlab.predict(run, [image], topk=1)[0].top[0]
+    assert top_class == run.classes[int(logits[0].argmax())]
+    assert top_probability == pytest.approx(logits[0].exp().max().item(), abs=1e-4)

@@ -44,7 +44,9 @@ def test_fast_recipe_per_dataset_and_flags_override_it():
     model, s = settings_for("fast", "fashion-mnist", {})
     assert (model, s.recipe, s.optimizer, s.schedule, s.precision, s.augment) == (
         "fast-cnn-28", "fast", "sgd", "onecycle", "bf16", "flip")
-    assert settings_for("fast", "mnist", {})[1].augment == "none"  # a flipped digit is another digit
+    assert s.tta and s.channels_last
+    mnist = settings_for("fast", "mnist", {})[1]
+    assert (mnist.augment, mnist.tta) == ("none", False)  # a mirrored digit is not the same digit
     assert settings_for("fast", "sample", {})[0] == "fast-cnn-28"  # the sample is Fashion-MNIST
     assert settings_for("fast", "folder:/photos", {})[1].augment == "flip"  # any other dataset: "*"
     _, s = settings_for("fast", "fashion-mnist", {"epochs": 7, "precision": "fp32"})
