@@ -16,7 +16,9 @@ from .data import BatchLoader, ImageData, Split, load_dataset
 from .errors import RunError, UsageError
 from .runs import Run, open_run
 
-EVAL_BATCH = 500
+# Images per evaluation batch: on a CPU, 128 ran fastest for seed-cnn and fast-cnn-28 (larger batches
+# fall out of the cache: 500 was 25-35% slower).
+EVAL_BATCH = 128
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -49,6 +51,14 @@ class FlipAverage(nn.Module):
 def judged(model: nn.Module, tta: bool) -> nn.Module:
     """The model as validation, testing and prediction use it: with flip TTA when the run asks for it."""
     return FlipAverage(model) if tta else model
+
+
+def run_model(run: Run, device: torch.device) -> nn.Module:
+    """A run's best weights on `device`, laid out and judged as the run was trained (channels_last, TTA)."""
+    model = run.build_model().to(device)
+    if run.config["train"].get("channels_last", False):
+        model.to(memory_format=torch.channels_last)
+    return judged(model, run.config["train"].get("tta", False))
 
 
 @torch.no_grad()
@@ -99,9 +109,10 @@ def evaluate_model(
     std: list[float],
     split_name: str = "test",
     device: str | torch.device = "cpu",
+    channels_last: bool = False,
 ) -> Evaluation:
-    """Evaluate `model` on `split` normalized with (mean, std)."""
-    loader = BatchLoader(split, EVAL_BATCH, mean, std, device=device)
+    """Evaluate `model` on `split` normalized with (mean, std); `channels_last` batches for such a model."""
+    loader = BatchLoader(split, EVAL_BATCH, mean, std, device=device, channels_last=channels_last)
     logits, labels = collect_logits(model, loader)
     k = len(classes)
     if len(labels) == 0:
@@ -159,8 +170,9 @@ def evaluate(
     run = run if isinstance(run, Run) else open_run(run)
     data = load_run_data(run, data_dir, download, dataset)
     target = resolve_device(device)
-    model = judged(run.build_model().to(target), run.config["train"].get("tta", False))
-    return evaluate_model(model, data.split(split), run.classes, run.mean, run.std, split, target)
+    channels_last = run.config["train"].get("channels_last", False)
+    return evaluate_model(run_model(run, target), data.split(split), run.classes, run.mean, run.std, split, target,
+                          channels_last)
 
 
 @dataclass
@@ -187,7 +199,7 @@ def predict(
     if not paths:
         raise UsageError("give at least one image file to predict")
     target = resolve_device(device)
-    model = judged(run.build_model().to(target), run.config["train"].get("tta", False))
+    model = run_model(run, target)
     c, h, w = run.input_shape
     batch = torch.stack([images.load(p, channels=c, size=(h, w)) for p in paths])  # (N, C, H, W)
     if invert:

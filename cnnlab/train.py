@@ -228,8 +228,8 @@ def _fit(
         fit, s.batch_size, mean, std, shuffle=True, seed=s.seed, device=device, augmentation=s.augment,
         channels_last=s.channels_last, rank=ctx.rank, world_size=ctx.world_size,
     )
-    val_loader = BatchLoader(val, EVAL_BATCH, mean, std, device=device)
-    test_loader = BatchLoader(dataset.test, EVAL_BATCH, mean, std, device=device) if s.watch_test else None
+    val_loader = BatchLoader(val, EVAL_BATCH, mean, std, device=device, channels_last=s.channels_last)
+    test_loader = BatchLoader(dataset.test, EVAL_BATCH, mean, std, device=device, channels_last=s.channels_last)
     total_steps = len(train_loader) * s.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, s))
     history: list[dict[str, float]] = []
@@ -301,7 +301,7 @@ def _fit(
                     "train_loss": loss_now / seen_now, "train_accuracy": correct_now / seen_now,
                     "val_loss": val_loss, "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
                 }
-                if test_loader is not None:  # to see when a recipe reaches an accuracy; outside the timing
+                if s.watch_test:  # to see when a recipe reaches an accuracy; outside the timing
                     row["test_accuracy"] = loss_and_accuracy(judged(net, s.tta), test_loader)[1]
                 history.append(row)
                 progress.remove_task(task)
@@ -358,11 +358,12 @@ def _finish(
     """Evaluate the best weights on the test split (and extra splits), write metrics.json."""
     load_safetensors(net, out / "model.safetensors", device=str(device))  # the best epoch's, not the last
     net.eval()
-    net = judged(net, config["train"].get("tta", False))
+    s = settings_of(config)
+    net = judged(net, s.tta)
     mean, std = config["data"]["mean"], config["data"]["std"]
-    test = evaluate_model(net, dataset.test, dataset.classes, mean, std, "test", device)
+    test = evaluate_model(net, dataset.test, dataset.classes, mean, std, "test", device, s.channels_last)
     extra = {
-        name: evaluate_model(net, split, dataset.classes, mean, std, name, device).accuracy
+        name: evaluate_model(net, split, dataset.classes, mean, std, name, device, s.channels_last).accuracy
         for name, split in dataset.extra.items()
     }
     metrics = {

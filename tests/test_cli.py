@@ -69,6 +69,21 @@ def test_train_evaluate_predict(tmp_path, capsys):
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
 
 
+def test_recipe_values_stay_unless_a_flag_is_given(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "fast", "--subset", "600", "--epochs", "1", "--no-tta", "--lr", "0.1",
+            "--watch-test", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "fast-cnn-28 on sample: 24,058 parameters" in printed
+    assert "sgd nesterov lr 0.1 onecycle (warmup 0.2), batch 256, 1 epochs" in printed
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert (train["recipe"], train["batch_size"], train["lr"], train["epochs"]) == ("fast", 256, 0.1, 1)
+    assert (train["tta"], train["precision"], train["augment"], train["channels_last"]) == (False, "bf16", "flip", True)
+    header, row = (out / "history.csv").read_text().splitlines()
+    assert header.endswith(",test_accuracy") and not row.endswith(",")  # --watch-test filled the column
+
+
 def test_compare_markdown(tmp_path, capsys):
     args = ["compare", "seed-mlp", "largenet", "--dataset", "patterns", "--subset", "600", "--epochs", "1",
             "--out", str(tmp_path), "--quiet", "--format", "markdown"]
