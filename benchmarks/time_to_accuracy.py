@@ -11,8 +11,9 @@ On the full Fashion-MNIST (target 91.2%) and MNIST (target 99.0%), in one proces
 All three train on all 60,000 training images (no validation split) and are tested on the 10,000
 test images after every epoch, outside the timed training; (c), being short, runs 3 times (the
 same accuracies: it is seeded) and reports the median seconds. Since this machine's speed drifts
-over minutes, (a) and (b) also train on 6,400 images in alternating rounds for a fair img/s ratio. Times are training seconds only; for (a)
-the lecture's second pass over the training data for a training accuracy is left out, in its favour.
+over minutes, (a) and (b) also train on 6,400 images in alternating rounds for a fair img/s ratio.
+Times are training seconds only; for (a) the lecture's second pass over the training data for a
+training accuracy is left out, in its favour.
 Then the longer recipe, `--recipe fast-long`, against its targets: Fashion-MNIST >= 94.0% within
 300 s, MNIST >= 99.5% within 120 s. For each: FLOPs per image from the model summary, and the
 training FLOP/s as a share of this CPU's measured matmul peak. --write puts the tables into

@@ -44,7 +44,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (SGD)")
-    p.add_argument("--weight-decay", type=float, help="L2 penalty (default 0; decoupled for adamw)")
+    p.add_argument("--weight-decay", type=float, help="L2 penalty (default 0, also for adamw; decoupled there)")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning rate over the run (default constant)")
     p.add_argument("--warmup", type=float, help="share of the steps the rate rises over, from lr/10 (default 0)")
     p.add_argument("--label-smoothing", type=float, help="share of the target spread over all classes (default 0)")
@@ -96,9 +96,14 @@ def _data_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .errors import UsageError
     from .train import resume, train
 
     if args.resume:
+        given = sorted(set(_settings(args)) - {"epochs"})
+        if given:
+            raise UsageError(f"--resume continues a run with its own settings; leave out "
+                             f"{', '.join('--' + k.replace('_', '-') for k in given)} (only --epochs may change)")
         resume(args.resume, epochs=args.epochs, device=args.device, verbose=not args.quiet)
         return
     train(args.model, args.dataset, **_data_kwargs(args), out=args.out, overwrite=args.overwrite,

@@ -50,7 +50,7 @@ class FlipAverage(nn.Module):
 
 def judged(model: nn.Module, tta: bool) -> nn.Module:
     """The model as validation, testing and prediction use it: with flip TTA when the run asks for it."""
-    return FlipAverage(model) if tta else model
+    return FlipAverage(model).train(model.training) if tta else model  # a new module starts in training mode
 
 
 def run_model(run: Run, device: torch.device) -> nn.Module:

@@ -1,8 +1,8 @@
 """The run folder: what training writes and every later command reads.
 
     config.json        everything needed to rebuild the model and the data transform
-    history.csv        one row per epoch: epoch, seconds, train/val loss and accuracy, lr (and test
-                       accuracy with --watch-test)
+    history.csv        one row per epoch: epoch, seconds, train/val loss and accuracy, lr (the rate of
+                       the epoch's last step; and test accuracy with --watch-test)
     metrics.json       test accuracy (a fraction), per-class accuracy, confusion matrix, seconds
     model.safetensors  the best weights (lowest validation loss)
     checkpoint.pt      last epoch's weights, optimizer and RNG state, for --resume

@@ -9,6 +9,7 @@ best weights, stops early when asked, survives NaN losses and Ctrl-C, and can re
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from datetime import datetime
@@ -69,7 +70,7 @@ def train(
     device: str = "auto",
     verbose: bool = True,
     **settings: Any,
-) -> Run:
+) -> Run | None:
     """Train `model` on `dataset` and return its run folder, read back.
 
     model: a registered name, a spec (text or .json/.toml file) or `package.module:attr`;
@@ -79,7 +80,8 @@ def train(
 
     settings: the fields of `Settings` (epochs, batch_size, lr, optimizer, seed, ...).
 
-    Started by torchrun, each process trains its share of every batch (distributed.py).
+    Started by torchrun, each process trains its share of every batch (distributed.py); rank 0
+    alone writes the run folder and returns it, the other ranks return None.
     """
     name = dataset if isinstance(dataset, str) else dataset.name
     recipe_model, s = settings_for(recipe, name, settings)
@@ -146,10 +148,11 @@ def train(
         distributed.teardown(ctx)
 
 
-def resume(run: str | Path, epochs: int | None = None, device: str = "auto", verbose: bool = True) -> Run:
+def resume(run: str | Path, epochs: int | None = None, device: str = "auto", verbose: bool = True) -> Run | None:
     """Continue an interrupted run from its last completed epoch (optionally up to more epochs).
 
     A schedule (onecycle, cosine) is laid over the new number of epochs from the step it stands at.
+    Under torchrun every rank reads the run folder, so it must be on a filesystem they share.
     """
     previous = open_run(run)
     state = load_checkpoint(previous.path / "checkpoint.pt") if (previous.path / "checkpoint.pt").exists() else None
@@ -208,10 +211,11 @@ def _fit(
     state: dict[str, Any] | None,
     verbose: bool,
     ctx: distributed.Context,
-) -> Run:
+) -> Run | None:
     """The training loop proper, from scratch (state None) or from a checkpoint's state.
 
-    Under torchrun every rank runs this loop on its share of each batch; only rank 0 prints and writes.
+    Under torchrun every rank runs this loop on its share of each batch; only rank 0 prints, validates
+    and writes. Should rank 0 fail, its process exits and torchrun stops the others.
     """
     s = settings_of(config)
     mean, std = config["data"]["mean"], config["data"]["std"]
@@ -239,6 +243,8 @@ def _fit(
         optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:  # runs from before schedules existed had a constant rate
             scheduler.load_state_dict(state["scheduler"])
+        for group in optimizer.param_groups:  # the rate at this step of the schedule over the (new) epochs
+            group["lr"] = s.lr * lr_factor(scheduler.last_epoch, total_steps, s)
         torch.set_rng_state(state["rng"])
         best_val, best_epoch = state["best_val_loss"], state["best_epoch"]
         bad_epochs, start, history = state["bad_epochs"], state["epoch"], state["history"]
@@ -257,7 +263,10 @@ def _fit(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         TextColumn("{task.fields[stats]}"), console=console, transient=True, disable=not (verbose and ctx.is_main),
     )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16")
+    if s.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"{torch.cuda.get_device_name(device)} has no bfloat16 arithmetic; leave out --precision bf16")
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if s.precision == "bf16"
+                else contextlib.nullcontext())
     epoch = start
     try:
         with progress:
@@ -278,6 +287,7 @@ def _fit(
                     optimizer.zero_grad(set_to_none=True)
                     (loss_sum * (ctx.world_size / n_global)).backward()
                     optimizer.step()
+                    lr = optimizer.param_groups[0]["lr"]  # the rate this step used, for the history
                     scheduler.step()
                     totals[0] += loss_sum.detach()
                     totals[1] += (logits.argmax(1) == y).sum()
@@ -294,15 +304,19 @@ def _fit(
                         progress.update(task, completed=step + 1,
                                         stats=f"loss {loss_now / seen_now:.4f} acc {correct_now / seen_now:.2%}")
                 seconds = time.perf_counter() - started
-                # Every rank holds the same weights, so each validates alike and agrees on the best epoch.
-                val_loss, val_acc = loss_and_accuracy(judged(net, s.tta), val_loader)
                 row = {
                     "epoch": epoch + 1, "seconds": round(seconds, 3),
-                    "train_loss": loss_now / seen_now, "train_accuracy": correct_now / seen_now,
-                    "val_loss": val_loss, "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
+                    "train_loss": loss_now / seen_now, "train_accuracy": correct_now / seen_now, "lr": lr,
                 }
-                if s.watch_test:  # to see when a recipe reaches an accuracy; outside the timing
-                    row["test_accuracy"] = loss_and_accuracy(judged(net, s.tta), test_loader)[1]
+                # Rank 0 validates, and the others take its numbers: the weights are the same on every rank,
+                # but batch norm's running statistics are each rank's own, so their validation would differ
+                # and they could disagree on the best epoch or on stopping early.
+                if ctx.is_main:
+                    row["val_loss"], row["val_accuracy"] = loss_and_accuracy(judged(net, s.tta), val_loader)
+                    if s.watch_test:  # to see when a recipe reaches an accuracy; outside the timing
+                        row["test_accuracy"] = loss_and_accuracy(judged(net, s.tta), test_loader)[1]
+                row = distributed.from_main(row, ctx)
+                val_loss, val_acc = row["val_loss"], row["val_accuracy"]
                 history.append(row)
                 progress.remove_task(task)
                 # Keep the weights with the lowest validation loss; without a validation split, the last.
@@ -345,7 +359,7 @@ def _fit(
 
     if not ctx.is_main:
         distributed.barrier(ctx)  # rank 0 tests the model and writes metrics.json
-        return open_run(out)
+        return None
     run = _finish(net, dataset, config, out, history, best_epoch, device, console)
     distributed.barrier(ctx)
     return run

@@ -65,6 +65,8 @@ def test_train_evaluate_predict(tmp_path, capsys):
     (pred,) = json.loads(capsys.readouterr().out)
     assert pred["path"] == str(image) and len(pred["top"]) == 2
 
+    assert main(["train", "--resume", str(out), "--lr", "0.1", "--batch-size", "8"]) == 2
+    assert "leave out --batch-size, --lr (only --epochs may change)" in capsys.readouterr().err
     assert main(["train", "--resume", str(out), "--epochs", "2", "--quiet"]) == 0
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
 

@@ -47,3 +47,19 @@ def test_torchrun_two_processes_match_one(tmp_path):
         assert row_two["train_loss"] == pytest.approx(row_one["train_loss"], rel=1e-4)
         assert row_two["train_accuracy"] == pytest.approx(row_one["train_accuracy"], abs=1 / 541)
         assert row_two["val_loss"] == pytest.approx(row_one["val_loss"], rel=1e-4)
+
+
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch built without gloo")
+def test_torchrun_batch_norm_network_with_early_stopping(tmp_path):
+    """Batch norm keeps running statistics per rank, so the ranks take rank 0's validation and stop together."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "cnnlab", "train", "--recipe", "fast", "--dataset", "sample", "--device", "cpu",
+               "--subset", "400", "--epochs", "4", "--batch-size", "64", "--patience", "1",
+               "--out", str(tmp_path / "bn")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("test accuracy") == 1
+    run = cnnlab.open_run(tmp_path / "bn")
+    assert run.config["model"] == "fast-cnn-28" and run.config["train"]["processes"] == 2
+    assert 1 <= len(run.history) <= 4 and run.metrics["epochs_run"] == len(run.history)
+    assert run.metrics["test_accuracy"] > 0.5

@@ -53,6 +53,15 @@ def test_fast_recipe_per_dataset_and_flags_override_it():
     assert (s.epochs, s.precision, s.lr) == (7, "fp32", RECIPES["fast"]["fashion-mnist"][1]["lr"])
 
 
+def test_another_optimizer_or_momentum_drops_the_recipes_nesterov():
+    assert settings_for("fast", "fashion-mnist", {"optimizer": "adam"})[1].nesterov is False
+    assert settings_for("fast", "fashion-mnist", {"momentum": 0.0})[1].nesterov is False
+    assert settings_for("fast", "fashion-mnist", {"momentum": 0.8})[1].nesterov is False
+    assert settings_for("fast", "fashion-mnist", {"momentum": 0.8, "nesterov": True})[1].nesterov is True
+    with pytest.raises(UsageError, match="--nesterov needs --optimizer sgd"):
+        settings_for("fast", "fashion-mnist", {"optimizer": "adam", "nesterov": True})
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -17,6 +17,7 @@ from cnnlab.data import BatchLoader, load_dataset, train_val_split
 from cnnlab.errors import Interrupted, RunError, TrainingError, UsageError
 from cnnlab.evaluate import loss_and_accuracy
 from cnnlab.runs import HISTORY_FIELDS
+from cnnlab.settings import lr_factor
 
 train_module = importlib.import_module("cnnlab.train")  # the module; cnnlab.train is the function
 
@@ -140,6 +141,39 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatc
     assert resumed.metrics["test_accuracy"] == whole.metrics["test_accuracy"]
 
 
+def test_resume_to_more_epochs_lays_the_schedule_over_them(tmp_path, monkeypatch):
+    """The first step after resuming uses the new schedule's rate, not the old schedule's last (zero)."""
+    kwargs = dict(subset=400, optimizer="sgd", lr=0.05, schedule="onecycle", warmup=0.25, verbose=False)
+    short = cnnlab.train("seed-cnn", "sample", epochs=2, out=tmp_path / "r", **kwargs)
+    steps = 12  # 360 training images in batches of 32
+    short_settings = train_module.settings_of(short.config)
+    assert short.history[-1]["lr"] == pytest.approx(0.05 * lr_factor(2 * steps - 1, 2 * steps, short_settings))
+
+    rates = []
+    real_make_optimizer = train_module.make_optimizer
+
+    def recording_optimizer(net, s):
+        optimizer = real_make_optimizer(net, s)
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: rates.append(opt.param_groups[0]["lr"]))
+        return optimizer
+
+    monkeypatch.setattr(train_module, "make_optimizer", recording_optimizer)
+    resumed = cnnlab.resume(tmp_path / "r", epochs=4, verbose=False)
+    s = train_module.settings_of(resumed.config)
+    assert len(rates) == 2 * steps
+    expected = [0.05 * lr_factor(step, 4 * steps, s) for step in range(2 * steps, 4 * steps)]
+    assert rates == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    assert rates[0] > 0.02  # half way through a one-cycle over 4 epochs, not the 2-epoch schedule's end
+    assert [row["lr"] for row in resumed.history[2:]] == pytest.approx([expected[steps - 1], expected[-1]])
+
+
+def test_fast_recipe_with_another_optimizer(tmp_path):
+    run = cnnlab.train(None, "sample", recipe="fast", optimizer="adam", lr=1e-3, subset=300, epochs=1,
+                       out=tmp_path / "r", verbose=False)
+    assert (run.config["train"]["optimizer"], run.config["train"]["nesterov"]) == ("adam", False)
+    assert run.config["train"]["schedule"] == "onecycle"  # the rest of the recipe stays
+
+
 def test_fast_path_learns_and_records_its_settings(tmp_path):
     run = cnnlab.train(None, "sample", recipe="fast", subset=2000, epochs=3, batch_size=64, out=tmp_path / "r",
                        verbose=False)
@@ -147,7 +181,7 @@ def test_fast_path_learns_and_records_its_settings(tmp_path):
     train_settings = run.config["train"]
     assert (train_settings["recipe"], train_settings["schedule"], train_settings["precision"]) == (
         "fast", "onecycle", "bf16")
-    assert run.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the one-cycle schedule ran to its end
+    assert 0 < run.history[-1]["lr"] < 0.2 / 50  # the one-cycle schedule's last step (1,800 images, 87 steps)
     assert run.metrics["test_accuracy"] >= 0.75
 
 
