@@ -94,6 +94,7 @@ def train(
                 f"use a multiple of {ctx.world_size}"
             )
         target = distributed.rank_device(resolve_device(device), ctx)
+        _check_precision(s, target)
         if isinstance(dataset, str):
             dataset = load_dataset(
                 dataset, data_dir=data_dir, download=download, image_size=image_size,
@@ -176,14 +177,21 @@ def resume(run: str | Path, epochs: int | None = None, device: str = "auto", ver
         dataset = load_run_data(previous)
         fit, val = split_for_training(dataset, settings_of(config))
         net = load_model(config["model"], tuple(config["data"]["input_shape"]), len(config["data"]["classes"]))
+        target = distributed.rank_device(resolve_device(device), ctx)
+        _check_precision(settings_of(config), target)
         distributed.barrier(ctx)  # every rank has read config.json before rank 0 rewrites it
         if ctx.is_main:
             write_json(previous.path / "config.json", config)
         state["history"] = previous.history[: state["epoch"]]  # a row written after the checkpoint is redone
-        target = distributed.rank_device(resolve_device(device), ctx)
         return _fit(net, dataset, fit, val, config, previous.path, target, state, verbose, ctx)
     finally:
         distributed.teardown(ctx)
+
+
+def _check_precision(s: Settings, device: torch.device) -> None:
+    """Refuse bf16 on a GPU without bfloat16 arithmetic before anything is written."""
+    if s.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"{torch.cuda.get_device_name(device)} has no bfloat16 arithmetic; leave out --precision bf16")
 
 
 def _describe(s: Settings, device: torch.device, ctx: distributed.Context) -> str:
@@ -263,8 +271,6 @@ def _fit(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         TextColumn("{task.fields[stats]}"), console=console, transient=True, disable=not (verbose and ctx.is_main),
     )
-    if s.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UsageError(f"{torch.cuda.get_device_name(device)} has no bfloat16 arithmetic; leave out --precision bf16")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if s.precision == "bf16"
                 else contextlib.nullcontext())
     epoch = start

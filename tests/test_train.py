@@ -254,3 +254,12 @@ def test_evaluate_refuses_changed_classes_and_follows_a_moved_folder(cifar_jpegs
     shutil.copytree(cifar_jpegs / "train" / "ship", tmp_path / "moved" / "ship")
     with pytest.raises(RunError, match="now has the classes cat, dog, ship"):
         cnnlab.evaluate(run.path, dataset=f"folder:{tmp_path / 'moved'}")
+
+
+def test_bf16_is_refused_on_a_gpu_without_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **kw: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **kw: "Tesla T4")
+    s = train_module.settings_of({"train": {"precision": "bf16"}})
+    with pytest.raises(UsageError, match="Tesla T4 has no bfloat16 arithmetic; leave out --precision bf16"):
+        train_module._check_precision(s, torch.device("cuda", 0))
+    train_module._check_precision(s, torch.device("cpu"))  # autocast on a CPU works everywhere, if slower
