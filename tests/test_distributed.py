@@ -23,16 +23,20 @@ def flags(settings: dict) -> list[str]:
     return [part for key, value in settings.items() for part in (f"--{key.replace('_', '-')}", str(value))]
 
 
+def torchrun_train(*args: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node=2 -m cnnlab train ARGS` on the CPU, on the shipped sample."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "cnnlab", "train", "--dataset", "sample", "--device", "cpu", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch built without gloo")
 def test_torchrun_two_processes_match_one(tmp_path):
     one = cnnlab.train("seed-cnn", "sample", out=tmp_path / "one", device="cpu", verbose=False, **SETTINGS)
     # 601 images less 60 for validation: 8 batches of 64 and a last one of 29, split 15 / 14 over the ranks.
     assert one.config["data"]["train_images"] == 541
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "cnnlab", "train", "--model", "seed-cnn", "--dataset", "sample", "--device", "cpu",
-               "--out", str(tmp_path / "two"), *flags(SETTINGS)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = torchrun_train("--model", "seed-cnn", "--out", str(tmp_path / "two"), *flags(SETTINGS))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("test accuracy") == 1  # only rank 0 prints
     assert done.stdout.count("epoch   2/2") == 1
@@ -52,11 +56,8 @@ def test_torchrun_two_processes_match_one(tmp_path):
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch built without gloo")
 def test_torchrun_batch_norm_network_with_early_stopping(tmp_path):
     """Batch norm keeps running statistics per rank, so the ranks take rank 0's validation and stop together."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "cnnlab", "train", "--recipe", "fast", "--dataset", "sample", "--device", "cpu",
-               "--subset", "400", "--epochs", "4", "--batch-size", "64", "--patience", "1",
-               "--out", str(tmp_path / "bn")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = torchrun_train("--recipe", "fast", "--subset", "400", "--epochs", "4", "--batch-size", "64",
+                          "--patience", "1", "--out", str(tmp_path / "bn"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("test accuracy") == 1
     run = cnnlab.open_run(tmp_path / "bn")
