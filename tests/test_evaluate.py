@@ -97,6 +97,16 @@ def test_flip_average_is_the_mean_of_the_two_probabilities():
     assert judged(model, tta=False) is model
 
 
+def test_judged_keeps_the_models_mode():
+    """A model in eval mode stays so under TTA: a fresh wrapper must not put batch norm back in training."""
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1)).eval()
+    wrapped = judged(model, tta=True)
+    assert (wrapped.training, model.training) == (False, False)
+    wrapped.train()
+    assert model.training  # the wrapper passes its mode on
+    assert judged(model, tta=True).training
+
+
 def test_a_tta_run_evaluates_and_predicts_with_flips(tmp_path):
     run = cnnlab.train("seed-cnn", "sample", subset=300, epochs=1, tta=True, out=tmp_path / "r", verbose=False)
     data = load_dataset("sample")
