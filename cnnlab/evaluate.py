@@ -113,7 +113,12 @@ def evaluate_model(
 ) -> Evaluation:
     """Evaluate `model` on `split` normalized with (mean, std); `channels_last` batches for such a model."""
     loader = BatchLoader(split, EVAL_BATCH, mean, std, device=device, channels_last=channels_last)
-    logits, labels = collect_logits(model, loader)
+    return evaluation_of(*collect_logits(model, loader), classes, split_name)
+
+
+def evaluation_of(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], split_name: str = "test"
+                  ) -> Evaluation:
+    """The Evaluation of logits (N, classes) against labels (N,)."""
     k = len(classes)
     if len(labels) == 0:
         return Evaluation(split_name, classes, 0, math.nan, math.nan, [None] * k, [[0] * k for _ in range(k)])
@@ -181,6 +186,24 @@ class Prediction:
     top: list[tuple[str, float]]  # (class, probability), most likely first
 
 
+def prepare_images(run: Run, paths: list[str | Path], invert: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image files converted as in training: (images in [0, 1], the same normalized), each (N, C, H, W).
+
+    Alpha dropped, grayscale when the model takes one channel, resized to the model's input size,
+    scaled to [0, 1] and normalized. `invert` turns dark-on-light images into the light-on-dark
+    look of (Fashion-)MNIST.
+    """
+    if not paths:
+        raise UsageError("give at least one image file")
+    c, h, w = run.input_shape
+    batch = torch.stack([images.load(p, channels=c, size=(h, w)) for p in paths])  # (N, C, H, W)
+    if invert:
+        batch = 1.0 - batch
+    mean = torch.tensor(run.mean).view(1, -1, 1, 1)
+    std = torch.tensor(run.std).view(1, -1, 1, 1)
+    return batch, (batch - mean) / std
+
+
 @torch.no_grad()
 def predict(
     run: str | Path | Run,
@@ -189,24 +212,12 @@ def predict(
     invert: bool = False,
     device: str = "auto",
 ) -> list[Prediction]:
-    """Classify image files of any size and mode with a run's model.
-
-    Each image is converted as in training: alpha dropped, grayscale when the model takes one
-    channel, resized to the model's input size, scaled to [0, 1] and normalized. `invert`
-    turns dark-on-light images into the light-on-dark look of (Fashion-)MNIST.
-    """
+    """Classify image files of any size and mode with a run's model (converted by `prepare_images`)."""
     run = run if isinstance(run, Run) else open_run(run)
-    if not paths:
-        raise UsageError("give at least one image file to predict")
     target = resolve_device(device)
     model = run_model(run, target)
-    c, h, w = run.input_shape
-    batch = torch.stack([images.load(p, channels=c, size=(h, w)) for p in paths])  # (N, C, H, W)
-    if invert:
-        batch = 1.0 - batch
-    mean = torch.tensor(run.mean).view(1, -1, 1, 1)
-    std = torch.tensor(run.std).view(1, -1, 1, 1)
-    probabilities = model(((batch - mean) / std).to(target)).float().softmax(1).cpu()  # (N, classes)
+    _, x = prepare_images(run, paths, invert)
+    probabilities = model(x.to(target)).float().softmax(1).cpu()  # (N, classes)
     k = max(1, min(topk, len(run.classes)))
     values, indices = probabilities.topk(k, dim=1)
     return [

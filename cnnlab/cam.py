@@ -1,0 +1,75 @@
+"""Grad-CAM (Selvaraju et al., 2017): where in the image a convolution layer found the evidence
+for a class.
+
+    A = the layer's output (N, K, h, w)             alpha_k = mean over (h, w) of dScore/dA_k
+    cam = ReLU(sum_k alpha_k * A_k)  (N, h, w)      upsampled to the input, scaled to [0, 1]
+
+A small implementation rather than the `grad-cam` package at run time: that package brings
+OpenCV and scikit-learn (over 100 MB) for these few lines. The tests check this one against
+`pytorch_grad_cam.GradCAM` on the same models and images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UsageError
+
+
+@dataclass
+class Cam:
+    """Grad-CAM maps of a batch for one class per image."""
+
+    layer: str
+    maps: torch.Tensor  # (N, H, W) in [0, 1] at the input's size
+    raw: torch.Tensor  # (N, h, w) ReLU(sum_k alpha_k A_k) at the layer's size, unscaled
+    classes: torch.Tensor  # (N,) the class each map explains
+    probabilities: torch.Tensor  # (N, classes) the model's softmax for each image
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, layer: str, target: int | torch.Tensor | None = None) -> Cam:
+    """Grad-CAM of `model` at the module named `layer` for a normalized batch x (N, C, H, W).
+
+    target: the class to explain, one for all images or one per image; None explains the
+    predicted class of each image. The model is used in eval mode and restored after.
+    """
+    module = dict(model.named_modules())[layer]
+    saved: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
+        saved.append(output)
+        return output.clone()  # a later in-place op (ReLU(inplace=True)) must not overwrite what is kept
+
+    was_training = model.training
+    model.eval()
+    handle = module.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            # The input asks for gradients so that a frozen layer's output still has them.
+            logits = model(x.detach().requires_grad_(True)).float()  # (N, classes)
+            if target is None:
+                classes = logits.argmax(1)
+            else:
+                classes = torch.as_tensor(target, device=logits.device).expand(len(x)).long()
+            score = logits.gather(1, classes[:, None]).sum()  # each image's score adds only to its own gradient
+            activation = saved[0]  # (N, K, h, w)
+            if activation.dim() != 4:
+                raise UsageError(
+                    f"Grad-CAM needs a layer with feature maps (N, channels, height, width); {layer!r} gives "
+                    f"{tuple(activation.shape)}: choose a convolution layer"
+                )
+            (gradient,) = torch.autograd.grad(score, activation)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    weights = gradient.mean(dim=(2, 3), keepdim=True)  # (N, K, 1, 1): alpha_k
+    raw = F.relu((weights * activation).sum(1)).detach()  # (N, h, w)
+    up = F.interpolate(raw[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]  # (N, H, W)
+    low = up.amin(dim=(1, 2), keepdim=True)
+    span = up.amax(dim=(1, 2), keepdim=True) - low
+    maps = torch.where(span > 0, (up - low) / span.clamp_min(1e-12), torch.zeros_like(up))
+    return Cam(layer, maps.cpu(), raw.cpu(), classes.detach().cpu(), logits.detach().softmax(1).cpu())

@@ -1,0 +1,193 @@
+"""Inside a trained network: its layers by name, the feature maps an image makes, the learned
+filters, and Grad-CAM heat maps — as figures, and as the PNG files that `cnnlab featuremaps`,
+`cnnlab filters` and `cnnlab cam` write.
+
+Layer names are the summary's (`named_modules()`): `conv1` in a spec, `0`, `3` in seed-cnn's
+`nn.Sequential`, `layer4.1.conv2` in a ResNet.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from . import viz
+from .cam import grad_cam
+from .errors import UsageError
+from .evaluate import prepare_images
+from .runs import Run, open_run
+
+REPORT_CHANNELS = 32  # feature maps shown per layer in a report; the command shows 64 by default
+
+
+def conv_layers(model: nn.Module) -> list[str]:
+    """The names of the model's 2-D convolutions, in the order they were defined."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The module called `name`, or an error listing the names there are."""
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        convs = conv_layers(model)
+        known = f"its convolutions are {', '.join(convs)}" if convs else "it has no convolution layers"
+        raise UsageError(f"the model has no layer {name!r}; {known} (every layer name: `cnnlab summary`)")
+    return modules[name]
+
+
+def cam_layer(model: nn.Module, layer: str | None = None) -> str:
+    """`layer`, checked, or the last convolution: Grad-CAM's usual choice, the most abstract maps
+    that still keep where things are."""
+    if layer is not None:
+        find_layer(model, layer)
+        return layer
+    convs = conv_layers(model)
+    if not convs:
+        raise UsageError("the model has no convolution layers; name a layer with --layer (see `cnnlab summary`)")
+    return convs[-1]
+
+
+@torch.no_grad()
+def feature_maps(model: nn.Module, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+    """The output of each named layer for a normalized batch x (N, C, H, W), from one forward pass."""
+    maps: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in layers:
+        def keep(_m: nn.Module, _a: tuple, output: torch.Tensor, name: str = name) -> None:
+            if name not in maps and isinstance(output, torch.Tensor):  # a module called twice: its first call
+                maps[name] = output.detach().float().cpu().clone()  # clone: an in-place ReLU comes next
+        handles.append(find_layer(model, name).register_forward_hook(keep))
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return maps
+
+
+def featuremap_figure(output: torch.Tensor, layer: str, kind: str, image_name: str,
+                      max_channels: int = 64) -> Figure:
+    """One image's output of one layer (K, h, w): a tile per channel, each scaled to its own range."""
+    if output.dim() != 3:  # a linear layer's (features,): one row of values
+        output = output.reshape(1, 1, -1)
+    shown = output[:max_channels]
+    size = "x".join(map(str, output.shape[1:]))
+    which = f"channels 1-{len(shown)} of {len(output)}" if len(shown) < len(output) else f"{len(output)} channels"
+    title = f"{layer} ({kind}) on {image_name}: {which}, {size} each, each scaled to its own range"
+    return viz.mosaic(viz.scale_each(shown), title, columns=min(len(shown), 16))
+
+
+def layer_weights(model: nn.Module, input_shape: tuple[int, int, int], layer: str | None = None
+                  ) -> tuple[str, torch.Tensor] | None:
+    """(name, weight) of the layer whose filters to show: `layer`, else the first convolution, else
+    (an MLP) a first linear layer on the whole flattened image; None when there is neither."""
+    if layer is not None:
+        weight = getattr(find_layer(model, layer), "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
+            raise UsageError(f"layer {layer!r} has no convolution or linear weights to show; name a Conv2d")
+        return layer, weight.detach().float().cpu()
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name, m.weight.detach().float().cpu()
+        if isinstance(m, nn.Linear):
+            if m.in_features == math.prod(input_shape):
+                return name, m.weight.detach().float().cpu()
+            return None
+    return None
+
+
+def filter_figure(name: str, weight: torch.Tensor, input_shape: tuple[int, int, int], max_filters: int = 64) -> Figure:
+    """Learned weights as pictures. A convolution on RGB: each filter in colour (scaled by its own range);
+    on one channel: each kernel red for positive, blue for negative weights; on more channels: a row per
+    filter, a column per input channel. A linear layer on the flat image: each unit's weights as an image."""
+    if weight.dim() == 2:  # (units, C*H*W): what each hidden unit of an MLP looks for
+        weight = weight[:max_filters].reshape(-1, *input_shape)
+        what = f"{name}: the weights of hidden units 1-{len(weight)} as {'x'.join(map(str, input_shape))} images"
+    else:
+        weight = weight[:max_filters]
+        what = f"{name}: {len(weight)} filters of {weight.shape[1]}x{weight.shape[2]}x{weight.shape[3]}"
+    out_channels, in_channels = weight.shape[:2]
+    if in_channels == 3:
+        tiles = viz.scale_each(weight).transpose(0, 2, 3, 1)  # (O, kh, kw, 3)
+        return viz.mosaic(tiles, what + ", in colour, each scaled to its own range", columns=min(out_channels, 16))
+    if in_channels == 1:
+        return viz.mosaic(viz.scale_each(weight[:, 0], symmetric=True), what + "; red > 0 > blue",
+                          cmap="RdBu_r", columns=min(out_channels, 16))
+    kept = weight[:16, :8]  # (O', C', kh, kw)
+    tiles = viz.scale_each(kept.reshape(-1, *kept.shape[2:]), symmetric=True)
+    return viz.mosaic(tiles, what + f"; rows: filters 1-{kept.shape[0]}, columns: input channels 1-{kept.shape[1]}; "
+                      "red > 0 > blue", cmap="RdBu_r", columns=kept.shape[1])
+
+
+def cam_figure(model: nn.Module, shown: torch.Tensor, x: torch.Tensor, classes: list[str], layer: str,
+               target: int | None = None, true: list[int] | None = None, names: list[str] | None = None) -> Figure:
+    """Grad-CAM at `layer` for the images `shown` (N, C, H, W in [0, 1]), normalized as x."""
+    cam = grad_cam(model, x, layer, target)
+    captions = []
+    for i in range(len(x)):
+        c = int(cam.classes[i])
+        predicted = int(cam.probabilities[i].argmax())
+        caption = f"{classes[predicted]} {cam.probabilities[i, predicted]:.0%}"
+        caption = (f"true {classes[true[i]]}\npredicted " if true is not None else "predicted ") + caption
+        if c != predicted:
+            caption += f"\nmap for {classes[c]} {cam.probabilities[i, c]:.0%}"
+        captions.append((names[i] + "\n" if names else "") + caption)
+    return viz.cam_grid(shown, cam.maps, captions, f"Grad-CAM at {layer}: where the evidence for the class lies")
+
+
+def _run_and_images(run: str | Path | Run, paths: list[str | Path], invert: bool
+                    ) -> tuple[Run, nn.Module, torch.Tensor, torch.Tensor]:
+    run = run if isinstance(run, Run) else open_run(run)
+    shown, x = prepare_images(run, paths, invert)
+    return run, run.build_model(), shown, x
+
+
+def featuremaps(run: str | Path | Run, image: str | Path, layer: str | None = None, out: str | Path = "featuremaps",
+                max_channels: int = 64, invert: bool = False) -> list[Path]:
+    """Write the feature maps of `image` at `layer` (default: every convolution) as PNG files in `out`."""
+    run, model, _, x = _run_and_images(run, [image], invert)
+    layers = [layer] if layer is not None else conv_layers(model)
+    if not layers:
+        raise UsageError("the model has no convolution layers; name a layer with --layer (see `cnnlab summary`)")
+    maps = feature_maps(model, x, layers)
+    missing = [name for name in layers if name not in maps]
+    if missing:
+        raise UsageError(f"layer {missing[0]!r} is not used in the model's forward pass, so it has no feature maps")
+    out, modules = Path(out), dict(model.named_modules())
+    written = []
+    for name in layers:
+        fig = featuremap_figure(maps[name][0], name, type(modules[name]).__name__, Path(image).name, max_channels)
+        written.append(viz.save(fig, out / f"{Path(image).stem}-{name}.png"))
+    return written
+
+
+def filters(run: str | Path | Run, layer: str | None = None, out: str | Path = "filters.png") -> Path:
+    """Write the learned filters of `layer` (default: the first convolution) as a PNG file."""
+    run = run if isinstance(run, Run) else open_run(run)
+    found = layer_weights(run.build_model(), run.input_shape, layer)
+    if found is None:
+        raise UsageError("the model has no convolution layer, nor a first linear layer on the whole image, "
+                         "to show; name a layer with --layer")
+    return viz.save(filter_figure(*found, run.input_shape), out)
+
+
+def cam(run: str | Path | Run, images: list[str | Path], layer: str | None = None, target: str | None = None,
+        out: str | Path = "cam.png", invert: bool = False) -> Path:
+    """Write Grad-CAM heat maps of image files (default: at the last convolution, for the predicted class)."""
+    run, model, shown, x = _run_and_images(run, images, invert)
+    layer = cam_layer(model, layer)
+    index = None
+    if target is not None:
+        if target not in run.classes:
+            raise UsageError(f"unknown class {target!r}; the run's classes are {', '.join(run.classes)}")
+        index = run.classes.index(target)
+    names = [Path(p).name for p in images]
+    return viz.save(cam_figure(model, shown, x, run.classes, layer, index, names=names), out)
+
