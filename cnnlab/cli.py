@@ -71,6 +71,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    help="only scale pixels to [0, 1], as the lectures do (default: also standardize)")
     p.add_argument("--out", help="run folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--no-report", dest="report", action="store_false", help="do not write report.html at the end")
     _device_flag(p)
     p.add_argument("--quiet", action="store_true", help="print nothing while training")
 
@@ -104,10 +105,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         if given:
             raise UsageError(f"--resume continues a run with its own settings; leave out "
                              f"{', '.join('--' + k.replace('_', '-') for k in given)} (only --epochs may change)")
-        resume(args.resume, epochs=args.epochs, device=args.device, verbose=not args.quiet)
+        resume(args.resume, epochs=args.epochs, device=args.device, verbose=not args.quiet, report=args.report)
         return
     train(args.model, args.dataset, **_data_kwargs(args), out=args.out, overwrite=args.overwrite,
-          device=args.device, verbose=not args.quiet, **_settings(args))
+          device=args.device, verbose=not args.quiet, report=args.report, **_settings(args))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -132,8 +133,40 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare
 
     comp = compare(args.models, args.dataset, **_data_kwargs(args), out=args.out, overwrite=args.overwrite,
-                   device=args.device, verbose=not args.quiet, **_settings(args))
+                   device=args.device, verbose=not args.quiet, report=args.report, **_settings(args))
     print(formatting.comparison(comp, args.format))
+    if comp.report and args.format == "table":
+        print(f"\nside by side: {comp.report}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import compare_report, report
+
+    if len(args.runs) == 1:
+        path = report(args.runs[0], out=args.out, device=args.device, data_dir=args.data_dir, dataset=args.dataset)
+    else:
+        path = compare_report(args.runs, args.out or "report.html", device=args.device, data_dir=args.data_dir,
+                              dataset=args.dataset)
+    print(f"wrote {path}")
+
+
+def cmd_featuremaps(args: argparse.Namespace) -> None:
+    from .inside import featuremaps
+
+    paths = featuremaps(args.run, args.image, args.layer, args.out, args.channels, args.invert)
+    print(f"wrote {len(paths)} file(s): " + ", ".join(map(str, paths)))
+
+
+def cmd_filters(args: argparse.Namespace) -> None:
+    from .inside import filters
+
+    print(f"wrote {filters(args.run, args.layer, args.out)}")
+
+
+def cmd_cam(args: argparse.Namespace) -> None:
+    from .inside import cam
+
+    print(f"wrote {cam(args.run, args.images, args.layer, args.target, args.out, args.invert)}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -148,6 +181,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     tips = [
         (f"cnnlab evaluate {cnn}", "per-class accuracy and confusion matrix"),
         (f"cnnlab predict {cnn} YOUR_IMAGE.png", "classify a picture of yours (--invert if dark on light)"),
+        (f"cnnlab cam {cnn} YOUR_IMAGE.png", "where in the picture the model sees its class (Grad-CAM)"),
         ("cnnlab compare seed-mlp seed-cnn --dataset fashion-mnist --data-dir DIR", "the full dataset"),
         ("cnnlab train --model small-cnn-28", "a batch-normalized CNN with 1/8 of the weights"),
         ("cnnlab train --recipe fast", "a small CNN, one-cycle schedule, bf16: the fastest way to a good model"),
@@ -158,7 +192,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     ]
     width = max(len(command) for command, _ in tips)
     print(f"\nRun folders: {comp.out}/seed-mlp and {cnn} "
-          "(config.json, history.csv, metrics.json, model.safetensors)\n\nTry next:")
+          "(config.json, history.csv, metrics.json, model.safetensors, report.html)")
+    print(f"Open {comp.report} in a browser: both models side by side, curves, confusion, filters, feature maps, "
+          "Grad-CAM\n\nTry next:")
     for command, what in tips:
         print(f"  {command:<{width}}   # {what}")
 
@@ -252,6 +288,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL", help="registered names or specs, e.g. seed-mlp seed-cnn")
     _train_flags(p)
     _format_flag(p)
+
+    layer_help = "a layer name as `cnnlab summary` shows it (e.g. conv1, 3, layer4.1.conv2)"
+    p = command("report", "write a run's report.html: summary, curves, per-class accuracy, confusion, top losses, "
+                "augmentation, filters, feature maps, Grad-CAM; several runs give one page side by side", cmd_report)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s)")
+    p.add_argument("--out", help="the page to write (default RUN/report.html; report.html for several runs)")
+    p.add_argument("--dataset", help="read this dataset instead of the run's own, e.g. folder:NEW_PLACE")
+    _data_flags(p, dataset=False)
+    _device_flag(p)
+
+    p = command("featuremaps", "the feature maps an image makes in each convolution layer (PNG files)",
+                cmd_featuremaps)
+    p.add_argument("run", help="run folder")
+    p.add_argument("image", metavar="IMAGE", help="PNG, JPEG, ... (converted as predict converts it)")
+    p.add_argument("--layer", help=layer_help + " (default: every convolution)")
+    p.add_argument("--out", default="featuremaps", help="folder for the PNG files (default featuremaps/)")
+    p.add_argument("--channels", type=int, default=64, help="channels shown per layer (default 64)")
+    p.add_argument("--invert", action="store_true", help="invert dark-on-light images (MNIST-style data)")
+
+    p = command("filters", "the learned filters of a layer as pictures (PNG)", cmd_filters)
+    p.add_argument("run", help="run folder")
+    p.add_argument("--layer", help=layer_help + " (default: the first convolution)")
+    p.add_argument("--out", default="filters.png", help="the PNG file (default filters.png)")
+
+    p = command("cam", "Grad-CAM: where in each image the model found the evidence for its class (PNG)", cmd_cam)
+    p.add_argument("run", help="run folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, ... (converted as predict converts it)")
+    p.add_argument("--layer", help=layer_help + " (default: the last convolution)")
+    p.add_argument("--class", dest="target", metavar="NAME", help="explain this class (default: the predicted one)")
+    p.add_argument("--out", default="cam.png", help="the PNG file (default cam.png)")
+    p.add_argument("--invert", action="store_true", help="invert dark-on-light images (MNIST-style data)")
 
     p = command("models", "list the registered models with their parameter counts", cmd_models)
     _format_flag(p)

@@ -29,6 +29,7 @@ class Comparison:
     dataset: str
     out: Path
     runs: list[Run]
+    report: Path | None = None  # out/report.html: the runs side by side
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per model: parameters, training time, best epoch and accuracies."""
@@ -64,9 +65,11 @@ def compare(
     overwrite: bool = False,
     device: str = "auto",
     verbose: bool = True,
+    report: bool = True,
     **settings: Any,
 ) -> Comparison:
-    """Train each of `models` on `dataset` with the same settings; runs go to out/<model>."""
+    """Train each of `models` on `dataset` with the same settings; runs go to out/<model>, and with
+    `report` each run's report.html and out/report.html, the runs side by side."""
     if not models:
         raise UsageError("name at least one model to compare")
     if len(set(models)) != len(models):
@@ -86,13 +89,19 @@ def compare(
         train(
             model, data, data_dir=data_dir, image_size=image_size, channels=channels,
             skip_bad_images=skip_bad_images, out=out / folder, overwrite=overwrite, device=device, verbose=verbose,
-            **settings,
+            report=report, **settings,
         )
         for model, folder in zip(models, folders)
     ]
-    return Comparison(data.name, out, runs)
+    page = None
+    if report:
+        from .report import compare_report  # matplotlib is imported only when a report is written
+
+        page = compare_report(runs, out / "report.html", data, device)
+    return Comparison(data.name, out, runs, page)
 
 
-def demo(out: str | Path = "runs/demo", device: str = "auto", verbose: bool = True) -> Comparison:
+def demo(out: str | Path = "runs/demo", device: str = "auto", verbose: bool = True, report: bool = True) -> Comparison:
     """Lecture 001's MLP vs CNN on the Fashion-MNIST sample shipped with cnnlab."""
-    return compare(DEMO_MODELS, "sample", out=out, overwrite=True, device=device, verbose=verbose, **DEMO_SETTINGS)
+    return compare(DEMO_MODELS, "sample", out=out, overwrite=True, device=device, verbose=verbose, report=report,
+                   **DEMO_SETTINGS)

@@ -23,6 +23,7 @@ from . import __version__, inside, viz
 from .data import BatchLoader, ImageData
 from .data.augment import augment
 from .evaluate import EVAL_BATCH, Evaluation, collect_logits, evaluation_of, load_run_data, resolve_device, run_model
+from .errors import UsageError
 from .models import short_name
 from .runs import Run, open_run, write_text
 
@@ -47,9 +48,8 @@ class Findings:
         return short_name(self.run.config["model"])
 
 
-def findings(run: Run, data: ImageData | None = None, device: str = "auto") -> Findings:
-    """Evaluate a run's best weights on its test split (data: the run's dataset, already read)."""
-    data = data if data is not None else load_run_data(run)
+def findings(run: Run, data: ImageData, device: str = "auto") -> Findings:
+    """Evaluate a run's best weights on the test split of its dataset `data`."""
     target = resolve_device(device)
     loader = BatchLoader(data.test, EVAL_BATCH, run.mean, run.std, device=target,
                          channels_last=run.config["train"].get("channels_last", False))
@@ -284,13 +284,14 @@ def _intro(run: Run) -> str:
 
 
 def report(run: str | Path | Run, data: ImageData | None = None, out: str | Path | None = None,
-           device: str = "auto") -> Path:
+           device: str = "auto", data_dir: str | Path | None = None, dataset: str | None = None) -> Path:
     """Write the run's report (default RUN/report.html) and return its path.
 
-    data: the run's dataset if it is already in memory (training has it); otherwise it is read again.
+    data: the run's dataset if it is already in memory (training has it); otherwise it is read
+    again, from `data_dir` or `dataset` (e.g. a moved folder) when given.
     """
     run = run if isinstance(run, Run) else open_run(run)
-    f = findings(run, data, device)
+    f = findings(run, data if data is not None else load_run_data(run, data_dir, dataset=dataset), device)
     body = "".join(f'<section id="{key}"><h2>{esc(heading)}</h2>{section(f)}</section>'
                    for key, heading, section in SECTIONS)
     html_text = page(f"{f.name} on {run.config['data']['dataset']}", _intro(run), body,
@@ -301,11 +302,17 @@ def report(run: str | Path | Run, data: ImageData | None = None, out: str | Path
 
 
 def compare_report(runs: list[Run | str | Path], out: str | Path, data: ImageData | None = None,
-                   device: str = "auto") -> Path:
-    """One page with the runs side by side, section by section (data: their shared dataset, if read)."""
+                   device: str = "auto", data_dir: str | Path | None = None, dataset: str | None = None) -> Path:
+    """One page with the runs side by side, section by section.
+
+    data: the runs' shared dataset if it is in memory; otherwise each run's is read (as in `report`).
+    """
     opened = [r if isinstance(r, Run) else open_run(r) for r in runs]
-    all_findings = [findings(r, data, device) for r in opened]
-    data = data if data is not None else all_findings[0].data
+    if len(opened) < 2:
+        raise UsageError("a side-by-side page needs at least two runs")
+    all_findings = [findings(r, data if data is not None else load_run_data(r, data_dir, dataset=dataset), device)
+                    for r in opened]
+    data = all_findings[0].data
     columns = f'<div class="cols" style="grid-template-columns: repeat({len(opened)}, minmax(0, 1fr))">'
     head = "".join(f"<tr><td>{esc(f.name)}</td><td>{f.run.config['parameters']:,}</td>"
                    f"<td>{(f.run.metrics or {}).get('train_seconds', 0):.1f} s</td>"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from safetensors.torch import load_model as load_safetensors
 
 from . import __version__, distributed
 from .data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
-from .errors import Interrupted, RunError, TrainingError, UsageError
+from .errors import Error, Interrupted, RunError, TrainingError, UsageError
 from .evaluate import EVAL_BATCH, evaluate_model, judged, load_run_data, loss_and_accuracy, resolve_device
 from .formatting import summary_table
 from .models import load_model, short_name, stored_ref
@@ -69,9 +70,11 @@ def train(
     overwrite: bool = False,
     device: str = "auto",
     verbose: bool = True,
+    report: bool = True,
     **settings: Any,
 ) -> Run | None:
-    """Train `model` on `dataset` and return its run folder, read back.
+    """Train `model` on `dataset` and return its run folder, read back; with `report`, the run's
+    report.html is written at the end.
 
     model: a registered name, a spec (text or .json/.toml file) or `package.module:attr`;
     None: the recipe's model for this dataset (seed-cnn for the lecture's recipe).
@@ -144,12 +147,16 @@ def train(
             for stale in ("metrics.json", "history.csv", "model.safetensors", "checkpoint.pt", "summary.txt"):
                 (out / stale).unlink(missing_ok=True)  # an overwritten run must not mix with the old one
             write_json(out / "config.json", config)
-        return _fit(net, dataset, fit, val, config, out, target, None, verbose, ctx)
+        run = _fit(net, dataset, fit, val, config, out, target, None, verbose, ctx)
+        if run is not None and report:
+            _report(run, dataset, device, verbose)
+        return run
     finally:
         distributed.teardown(ctx)
 
 
-def resume(run: str | Path, epochs: int | None = None, device: str = "auto", verbose: bool = True) -> Run | None:
+def resume(run: str | Path, epochs: int | None = None, device: str = "auto", verbose: bool = True,
+           report: bool = True) -> Run | None:
     """Continue an interrupted run from its last completed epoch (optionally up to more epochs).
 
     A schedule (onecycle, cosine) is laid over the new number of epochs from the step it stands at.
@@ -183,9 +190,25 @@ def resume(run: str | Path, epochs: int | None = None, device: str = "auto", ver
         if ctx.is_main:
             write_json(previous.path / "config.json", config)
         state["history"] = previous.history[: state["epoch"]]  # a row written after the checkpoint is redone
-        return _fit(net, dataset, fit, val, config, previous.path, target, state, verbose, ctx)
+        finished = _fit(net, dataset, fit, val, config, previous.path, target, state, verbose, ctx)
+        if finished is not None and report:
+            _report(finished, dataset, device, verbose)
+        return finished
     finally:
         distributed.teardown(ctx)
+
+
+def _report(run: Run, dataset: ImageData, device: str, verbose: bool) -> None:
+    """Write the run's report.html; training's results are saved already, so a failure here only warns."""
+    from .report import report  # matplotlib is imported only when a report is written
+
+    try:
+        path = report(run, dataset, device=device)
+    except Error as exc:
+        print(f"the report was not written ({exc}); try again with: cnnlab report {run.path}", file=sys.stderr)
+        return
+    if verbose:
+        print(f"report: {path}\n")
 
 
 def _check_precision(s: Settings, device: torch.device) -> None:
