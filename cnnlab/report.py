@@ -139,7 +139,8 @@ def results_section(f: Findings) -> str:
     rows = []
     for name, acc, total in zip(ev.classes, ev.per_class_accuracy, map(sum, ev.confusion)):
         bar = f'<span class="bar" style="width:{0 if acc is None else 100 * acc:.1f}%"></span>'
-        rows.append(f"<tr><td>{esc(name)}</td><td>{total:,}</td><td>{percent(acc)}</td><td class='barcell'>{bar}</td></tr>")
+        rows.append(f"<tr><td>{esc(name)}</td><td>{total:,}</td><td>{percent(acc)}</td>"
+                    f"<td class='barcell'>{bar}</td></tr>")
     return (f'<p class="big">test accuracy <b>{percent(ev.accuracy)}</b> of {ev.count:,} images '
             f"(loss {ev.loss:.4f})</p><table><tr><th>class</th><th>images</th><th>accuracy</th><th></th></tr>"
             f"{''.join(rows)}</table>")

@@ -130,8 +130,7 @@ def mosaic(maps: np.ndarray, title: str, cmap: str = "viridis", columns: int | N
     if grid.ndim == 3:  # RGB: white gaps
         ax.imshow(np.nan_to_num(grid, nan=1.0), interpolation="nearest")
     else:
-        colour_map = colormaps[cmap].copy()
-        colour_map.set_bad("white")
+        colour_map = colormaps[cmap].with_extremes(bad="white")
         ax.imshow(np.ma.masked_invalid(grid), cmap=colour_map, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.axis("off")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +14,15 @@ from PIL import Image
 
 from cnnlab.cli import build_parser, main
 
-COMMANDS = ["demo", "train", "evaluate", "predict", "compare", "summary", "arith", "conv", "pool", "filter", "models",
-            "datasets"]
+COMMANDS = ["demo", "train", "evaluate", "predict", "compare", "report", "featuremaps", "filters", "cam", "summary",
+            "arith", "conv", "pool", "filter", "models", "datasets"]
 
 
 @pytest.mark.parametrize("launcher", [[str(Path(sys.executable).parent / "cnnlab")], [sys.executable, "-m", "cnnlab"]])
 def test_help_lists_every_command(launcher):
     result = subprocess.run([*launcher, "--help"], capture_output=True, text=True, check=True)
     for command in COMMANDS:
-        assert f"\n    {command} " in result.stdout, command
+        assert re.search(rf"\n    {command}\s", result.stdout), command
     subcommands = build_parser()._subparsers._group_actions[0].choices
     assert sorted(subcommands) == sorted(COMMANDS)
 
@@ -50,6 +51,9 @@ def test_train_evaluate_predict(tmp_path, capsys):
     assert "seed-mlp on sample: 795,010 parameters, 900 training / 100 validation images" in printed
     assert "test accuracy" in printed
     assert (out / "model.safetensors").exists()
+    assert f"report: {out / 'report.html'}" in printed
+    page = (out / "report.html").read_text()
+    assert "This model has no convolution layers, so it makes no feature maps." in page  # an MLP: said, not failed
 
     assert main(["evaluate", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -93,6 +97,9 @@ def test_compare_markdown(tmp_path, capsys):
     table = capsys.readouterr().out.strip().splitlines()
     assert table[2] == "| model | parameters | train time | epochs | best epoch | val acc | test acc | test-shifted acc |"
     assert table[4].startswith("| seed-mlp | 2,355,002 |") and table[5].startswith("| largenet | 6,858 |")
+    page = (tmp_path / "report.html").read_text()  # the two runs side by side, and each run's own page
+    assert "<h1>seed-mlp vs largenet on patterns</h1>" in page and page.count("<h3>largenet</h3>") == 10
+    assert (tmp_path / "seed-mlp" / "report.html").exists() and (tmp_path / "largenet" / "report.html").exists()
 
 
 def test_models_and_datasets(capsys, monkeypatch, tmp_path):

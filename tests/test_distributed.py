@@ -32,7 +32,8 @@ def torchrun_train(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch built without gloo")
 def test_torchrun_two_processes_match_one(tmp_path):
-    one = cnnlab.train("seed-cnn", "sample", out=tmp_path / "one", device="cpu", verbose=False, **SETTINGS)
+    one = cnnlab.train("seed-cnn", "sample", out=tmp_path / "one", device="cpu", verbose=False, **SETTINGS,
+                       report=False)
     # 601 images less 60 for validation: 8 batches of 64 and a last one of 29, split 15 / 14 over the ranks.
     assert one.config["data"]["train_images"] == 541
 
@@ -43,6 +44,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
 
     two = cnnlab.open_run(tmp_path / "two")
     assert two.config["train"]["processes"] == 2
+    assert done.stdout.count("report: ") == 1 and (two.path / "report.html").stat().st_size > 10_000  # rank 0's
     weights_one, weights_two = load_file(one.path / "model.safetensors"), load_file(two.path / "model.safetensors")
     assert weights_one.keys() == weights_two.keys()
     for name in weights_one:
@@ -57,7 +59,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
 def test_torchrun_batch_norm_network_with_early_stopping(tmp_path):
     """Batch norm keeps running statistics per rank, so the ranks take rank 0's validation and stop together."""
     done = torchrun_train("--recipe", "fast", "--subset", "400", "--epochs", "4", "--batch-size", "64",
-                          "--patience", "1", "--out", str(tmp_path / "bn"))
+                          "--patience", "1", "--out", str(tmp_path / "bn"), "--no-report")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("test accuracy") == 1
     run = cnnlab.open_run(tmp_path / "bn")

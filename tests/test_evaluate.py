@@ -108,7 +108,8 @@ def test_judged_keeps_the_models_mode():
 
 
 def test_a_tta_run_evaluates_and_predicts_with_flips(tmp_path):
-    run = cnnlab.train("seed-cnn", "sample", subset=300, epochs=1, tta=True, out=tmp_path / "r", verbose=False)
+    run = cnnlab.train("seed-cnn", "sample", subset=300, epochs=1, tta=True, out=tmp_path / "r", verbose=False,
+                       report=False)
     data = load_dataset("sample")
     logits, labels = collect_logits(FlipAverage(run.build_model()), BatchLoader(data.test, 500, run.mean, run.std))
     plain, _ = collect_logits(run.build_model(), BatchLoader(data.test, 500, run.mean, run.std))

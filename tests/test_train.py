@@ -54,20 +54,20 @@ def test_run_folder_contract(trained_run):
 
 def test_a_spec_trains_evaluates_and_predicts(tmp_path, capsys):
     spec = "conv(8,3,padding=1) batchnorm relu maxpool(2) flatten linear(2)"
-    run = cnnlab.train(spec, "patterns", subset=200, epochs=1, out=tmp_path / "run")
+    run = cnnlab.train(spec, "patterns", subset=200, epochs=1, out=tmp_path / "run", report=False)
     banner = capsys.readouterr().out
     params = 8 * 3 * 3 * 3 + 8 + 16 + 8 * 14 * 14 * 2 + 2  # patterns are 3x28x28
     assert "conv1" in banner and f"Parameters: {params:,}" in banner  # the summary opens the training output
     assert run.config["model"] == spec and run.config["parameters"] == params
     assert cnnlab.evaluate(run).count == len(load_dataset("patterns").test)
     with pytest.raises(cnnlab.ModelError, match=r"2 classes; end it with a linear layer of 2 outputs"):
-        cnnlab.train("flatten linear(10)", "patterns", out=tmp_path / "bad")
+        cnnlab.train("flatten linear(10)", "patterns", out=tmp_path / "bad", report=False)
 
 
 def test_a_spec_file_is_stored_as_text(tmp_path):
     path = tmp_path / "net.toml"
     path.write_text('layers = "flatten linear(2)"\n')
-    run = cnnlab.train(str(path), "patterns", subset=100, epochs=1, out=tmp_path / "run", verbose=False)
+    run = cnnlab.train(str(path), "patterns", subset=100, epochs=1, out=tmp_path / "run", verbose=False, report=False)
     path.unlink()  # the run no longer needs the file
     assert run.config["model"] == "flatten linear(2)" and cnnlab.open_run(run.path).build_model() is not None
 
@@ -75,7 +75,8 @@ def test_a_spec_file_is_stored_as_text(tmp_path):
 def test_best_weights_are_kept(tmp_path):
     """model.safetensors holds the epoch with the lowest validation loss, not the last one."""
     data = load_dataset("sample")
-    run = cnnlab.train("seed-mlp", data, subset=300, epochs=12, lr=3e-3, out=tmp_path / "r", verbose=False)
+    run = cnnlab.train("seed-mlp", data, subset=300, epochs=12, lr=3e-3, out=tmp_path / "r", verbose=False,
+                       report=False)
     losses = [row["val_loss"] for row in run.history]
     best = min(range(len(losses)), key=losses.__getitem__)
     assert run.metrics["best_epoch"] == best + 1
@@ -87,15 +88,15 @@ def test_best_weights_are_kept(tmp_path):
 
 def test_early_stopping(tmp_path):
     run = cnnlab.train("seed-mlp", "sample", subset=300, epochs=40, lr=3e-3, patience=2,
-                       out=tmp_path / "r", verbose=False)
+                       out=tmp_path / "r", verbose=False, report=False)
     assert len(run.history) == run.metrics["best_epoch"] + 2 < 40
 
 
 def test_same_seed_same_numbers(tmp_path):
     kwargs = dict(subset=600, epochs=2, verbose=False)
-    a = cnnlab.train("small-cnn-28", "sample", seed=5, out=tmp_path / "a", **kwargs)
-    b = cnnlab.train("small-cnn-28", "sample", seed=5, out=tmp_path / "b", **kwargs)
-    c = cnnlab.train("small-cnn-28", "sample", seed=6, out=tmp_path / "c", **kwargs)
+    a = cnnlab.train("small-cnn-28", "sample", seed=5, out=tmp_path / "a", **kwargs, report=False)
+    b = cnnlab.train("small-cnn-28", "sample", seed=5, out=tmp_path / "b", **kwargs, report=False)
+    c = cnnlab.train("small-cnn-28", "sample", seed=6, out=tmp_path / "c", **kwargs, report=False)
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
     assert strip(a.history) == strip(b.history)
     assert strip(a.history) != strip(c.history)
@@ -106,7 +107,7 @@ def test_same_seed_same_numbers(tmp_path):
 def test_nan_loss_is_a_clear_error(tmp_path):
     with pytest.raises(TrainingError, match=r"training diverged\. Lower the learning rate \(now --lr 1e\+12\)"):
         cnnlab.train("seed-mlp", "sample", subset=500, epochs=2, optimizer="sgd", lr=1e12,
-                     out=tmp_path / "r", verbose=False)
+                     out=tmp_path / "r", verbose=False, report=False)
 
 
 FAST_PATH = {"optimizer": "sgd", "lr": 0.05, "nesterov": True, "schedule": "onecycle", "warmup": 0.3,
@@ -118,7 +119,7 @@ FAST_PATH = {"optimizer": "sgd", "lr": 0.05, "nesterov": True, "schedule": "onec
 def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, extra):
     """The schedule's step, the augmentation's draws and the optimizer's state all survive the cut."""
     kwargs = dict(subset=400, epochs=3, verbose=False, **extra)
-    whole = cnnlab.train("seed-cnn", "sample", out=tmp_path / "whole", **kwargs)
+    whole = cnnlab.train("seed-cnn", "sample", out=tmp_path / "whole", **kwargs, report=False)
 
     real_cross_entropy = train_module.F.cross_entropy
     calls = {"n": 0}
@@ -131,7 +132,7 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatc
 
     monkeypatch.setattr(train_module.F, "cross_entropy", interrupt_in_epoch_2)
     with pytest.raises(Interrupted, match=r"interrupted in epoch 2; epochs 1-1 are saved .* --resume"):
-        cnnlab.train("seed-cnn", "sample", out=tmp_path / "cut", **kwargs)
+        cnnlab.train("seed-cnn", "sample", out=tmp_path / "cut", **kwargs, report=False)
     monkeypatch.setattr(train_module.F, "cross_entropy", real_cross_entropy)
     assert len(cnnlab.open_run(tmp_path / "cut").history) == 1
 
@@ -144,7 +145,7 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatc
 def test_resume_to_more_epochs_lays_the_schedule_over_them(tmp_path, monkeypatch):
     """The first step after resuming uses the new schedule's rate, not the old schedule's last (zero)."""
     kwargs = dict(subset=400, optimizer="sgd", lr=0.05, schedule="onecycle", warmup=0.25, verbose=False)
-    short = cnnlab.train("seed-cnn", "sample", epochs=2, out=tmp_path / "r", **kwargs)
+    short = cnnlab.train("seed-cnn", "sample", epochs=2, out=tmp_path / "r", **kwargs, report=False)
     steps = 12  # 360 training images in batches of 32
     short_settings = train_module.settings_of(short.config)
     assert short.history[-1]["lr"] == pytest.approx(0.05 * lr_factor(2 * steps - 1, 2 * steps, short_settings))
@@ -169,14 +170,14 @@ def test_resume_to_more_epochs_lays_the_schedule_over_them(tmp_path, monkeypatch
 
 def test_fast_recipe_with_another_optimizer(tmp_path):
     run = cnnlab.train(None, "sample", recipe="fast", optimizer="adam", lr=1e-3, subset=300, epochs=1,
-                       out=tmp_path / "r", verbose=False)
+                       out=tmp_path / "r", verbose=False, report=False)
     assert (run.config["train"]["optimizer"], run.config["train"]["nesterov"]) == ("adam", False)
     assert run.config["train"]["schedule"] == "onecycle"  # the rest of the recipe stays
 
 
 def test_fast_path_learns_and_records_its_settings(tmp_path):
     run = cnnlab.train(None, "sample", recipe="fast", subset=2000, epochs=3, batch_size=64, out=tmp_path / "r",
-                       verbose=False)
+                       verbose=False, report=False)
     assert run.config["model"] == "fast-cnn-28"
     train_settings = run.config["train"]
     assert (train_settings["recipe"], train_settings["schedule"], train_settings["precision"]) == (
@@ -187,7 +188,7 @@ def test_fast_path_learns_and_records_its_settings(tmp_path):
 
 def test_existing_run_is_not_overwritten(trained_run):
     with pytest.raises(RunError, match="already holds a run"):
-        cnnlab.train("seed-cnn", "sample", subset=100, epochs=1, out=trained_run.path, verbose=False)
+        cnnlab.train("seed-cnn", "sample", subset=100, epochs=1, out=trained_run.path, verbose=False, report=False)
 
 
 @pytest.mark.parametrize(
@@ -204,18 +205,19 @@ def test_existing_run_is_not_overwritten(trained_run):
 )
 def test_bad_settings(tmp_path, kwargs, message):
     with pytest.raises(UsageError, match=message):
-        cnnlab.train("seed-mlp", "sample", out=tmp_path / "r", verbose=False, **kwargs)
+        cnnlab.train("seed-mlp", "sample", out=tmp_path / "r", verbose=False, **kwargs, report=False)
 
 
 def test_sgd_and_no_normalization(tmp_path):
     run = cnnlab.train("seed-mlp", "sample", subset=1000, epochs=1, optimizer="sgd", lr=0.05, normalize=False,
-                       out=tmp_path / "r", verbose=False)
+                       out=tmp_path / "r", verbose=False, report=False)
     assert run.mean == [0.0] and run.std == [1.0]
     assert run.metrics["test_accuracy"] > 0.5
 
 
 def test_without_validation_the_last_epoch_is_kept(tmp_path):
-    run = cnnlab.train("seed-mlp", "sample", subset=500, epochs=3, val_fraction=0.0, out=tmp_path / "r", verbose=False)
+    run = cnnlab.train("seed-mlp", "sample", subset=500, epochs=3, val_fraction=0.0, out=tmp_path / "r", verbose=False,
+                       report=False)
     assert run.config["data"]["val_images"] == 0
     assert run.metrics["best_epoch"] == 3
     assert all(math.isnan(row["val_loss"]) for row in run.history)
@@ -233,7 +235,7 @@ def test_folder_runs_share_a_test_set_across_seeds(cifar_jpegs, tmp_path):
         shutil.copytree(cifar_jpegs / "train" / name, tmp_path / "data" / name)
     runs = [
         cnnlab.train("largenet", f"folder:{tmp_path / 'data'}", seed=seed, epochs=1, out=tmp_path / str(seed),
-                     verbose=False)
+                     verbose=False, report=False)
         for seed in (1, 2)
     ]
     assert runs[0].metrics["count"] == runs[1].metrics["count"] == 12
@@ -245,7 +247,8 @@ def test_evaluate_refuses_changed_classes_and_follows_a_moved_folder(cifar_jpegs
 
     for name in ("cat", "dog"):
         shutil.copytree(cifar_jpegs / "train" / name, tmp_path / "data" / name)
-    run = cnnlab.train("largenet", f"folder:{tmp_path / 'data'}", epochs=1, out=tmp_path / "run", verbose=False)
+    run = cnnlab.train("largenet", f"folder:{tmp_path / 'data'}", epochs=1, out=tmp_path / "run", verbose=False,
+                       report=False)
     shutil.move(tmp_path / "data", tmp_path / "moved")
     moved = cnnlab.evaluate(run.path, dataset=f"folder:{tmp_path / 'moved'}")
     assert moved.accuracy == pytest.approx(run.metrics["test_accuracy"])

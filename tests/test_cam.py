@@ -1,0 +1,91 @@
+"""Grad-CAM: the formula by hand, and the same maps as the grad-cam package (pytorch_grad_cam)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import cnnlab
+from cnnlab.cam import grad_cam
+from cnnlab.errors import UsageError
+
+pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+
+
+def package_cam(model: nn.Module, x: torch.Tensor, layer: str, targets: list[int] | None) -> torch.Tensor:
+    """pytorch_grad_cam.GradCAM's maps (N, H, W) for the module named `layer`."""
+    module = dict(model.named_modules())[layer]
+    with pytorch_grad_cam.GradCAM(model=model, target_layers=[module]) as cam:
+        wanted = None if targets is None else [ClassifierOutputTarget(t) for t in targets]
+        return torch.from_numpy(cam(input_tensor=x, targets=wanted))
+
+
+def cases():
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(num_classes=10)  # batch norm, ReLU(inplace=True), residual additions
+    return {
+        "seed-cnn 1x28x28": (cnnlab.get_model("seed-cnn", (1, 28, 28)), "3", torch.randn(4, 1, 28, 28)),
+        "largenet 3x32x32": (cnnlab.get_model("largenet", (3, 32, 32)), "conv2", torch.randn(4, 3, 32, 32)),
+        "resnet18 layer4": (resnet, "layer4", torch.randn(3, 3, 64, 64)),
+        "resnet18 layer3.1.conv2": (resnet, "layer3.1.conv2", torch.randn(3, 3, 64, 64)),
+    }
+
+
+@pytest.mark.parametrize("name", list(cases()))
+@pytest.mark.parametrize("targets", [None, [3]])
+def test_same_maps_as_the_grad_cam_package(name, targets):
+    model, layer, x = cases()[name]
+    model.eval()
+    ours = grad_cam(model, x, layer, None if targets is None else targets[0])
+    theirs = package_cam(model, x, layer, None if targets is None else targets * len(x))
+    assert ours.maps.shape == theirs.shape == (len(x), *x.shape[-2:])
+    # The package scales at the layer's size, resizes with OpenCV and scales again; scaling commutes with
+    # bilinear resizing, so only float rounding separates the two.
+    torch.testing.assert_close(ours.maps, theirs, atol=2e-5, rtol=0)
+    assert ours.maps.amax(dim=(1, 2)).tolist() == pytest.approx([1.0] * len(x), abs=1e-6)
+    if targets is None:
+        assert ours.classes.tolist() == model(x).argmax(1).tolist()
+    else:
+        assert ours.classes.tolist() == targets * len(x)
+
+
+def test_raw_map_is_the_formula():
+    """ReLU(sum_k alpha_k A_k) with alpha_k the mean over (h, w) of dScore/dA_k, split by hand at the layer."""
+    torch.manual_seed(1)
+    model = cnnlab.get_model("seed-cnn", (1, 28, 28)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    cam = grad_cam(model, x, "3", target=torch.tensor([7, 2]))
+    features, head = model[:4], model[4:]
+    for i, c in enumerate([7, 2]):
+        a = features(x[i: i + 1]).detach().requires_grad_(True)  # (1, 128, 11, 11)
+        (g,) = torch.autograd.grad(head(a)[0, c], a)
+        expected = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1))[0]  # (11, 11)
+        torch.testing.assert_close(cam.raw[i], expected.detach(), atol=1e-6, rtol=1e-5)
+    assert cam.classes.tolist() == [7, 2]
+    torch.testing.assert_close(cam.probabilities, model(x).softmax(1).detach())
+
+
+def test_frozen_weights_training_mode_and_wrong_layers():
+    model = cnnlab.get_model("largenet", (3, 32, 32))
+    for p in model.parameters():
+        p.requires_grad_(False)  # a frozen network (transfer learning) still has gradients at its layers
+    model.train()
+    cam = grad_cam(model, torch.randn(2, 3, 32, 32), "conv1")
+    assert cam.maps.shape == (2, 32, 32) and cam.raw.shape == (2, 28, 28)
+    assert model.training  # restored after the eval-mode pass
+    with pytest.raises(UsageError, match=r"'fc1' gives \(2, 32\): choose a convolution layer"):
+        grad_cam(model, torch.randn(2, 3, 32, 32), "fc1")
+
+
+def test_a_map_with_no_positive_evidence_is_zero():
+    """All-negative weighted sums: ReLU leaves nothing, and the map is 0, not 0/0."""
+    model = nn.Sequential(nn.Conv2d(1, 1, 3), nn.Flatten(), nn.Linear(36, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].bias.zero_()
+        model[2].weight.fill_(-1.0)
+    cam = grad_cam(model, torch.ones(1, 1, 8, 8), "0", target=0)
+    assert torch.equal(cam.maps, torch.zeros(1, 8, 8)) and torch.equal(cam.raw, torch.zeros(1, 6, 6))
