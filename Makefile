@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Tests and benchmarks read the real datasets from here (../shared/datasets beside the checkout).
 export CNNLAB_TEST_DATA ?= $(abspath ../shared/datasets)
 
-.PHONY: install demo test benchmarks clean
+.PHONY: install browser demo test benchmarks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cnnlab demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# The report's browser test opens report.html in Chromium: Debian's package, installed where apt-get
+# can run (as root, or with sudo that asks no password). Elsewhere the test is skipped and says why.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	  || { command -v apt-get >/dev/null 2>&1 \
+	       && $(SUDO) apt-get update -qq \
+	       && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+	  || echo "note: Chromium could not be installed here; the report's browser test will be skipped"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis *.egg-info

@@ -192,7 +192,8 @@ def filters_section(f: Findings) -> str:
     found = inside.layer_weights(f.model, f.run.input_shape)
     if found is None:
         return "<p>This model has no convolution layer, nor a first linear layer on the whole image.</p>"
-    return figure(inside.filter_figure(*found, f.run.input_shape), "first layer filters")
+    fig = inside.filter_figure(*found, f.run.input_shape)
+    return figure(fig, fig.axes[0].get_title())
 
 
 def _test_images(f: Findings, count: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:
@@ -217,7 +218,7 @@ def featuremaps_section(f: Findings) -> str:
             if layer in maps:
                 fig = inside.featuremap_figure(maps[layer][n], layer, type(kinds[layer]).__name__, f"#{i}",
                                                inside.REPORT_CHANNELS)
-                out += figure(fig, f"feature maps of {layer}")
+                out += figure(fig, fig.axes[0].get_title())
     return out
 
 

@@ -1,0 +1,167 @@
+"""The HTML report: self-contained, its numbers equal the run's, and it renders in a real browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import cnnlab
+from cnnlab.cli import main
+from cnnlab.data import BatchLoader
+from cnnlab.errors import UsageError
+from cnnlab.evaluate import collect_logits, load_run_data, run_model
+from cnnlab.report import SECTIONS, compare_report, findings, one_per_class, report
+
+# Where the browser test keeps its screenshot (build/ is ignored by git).
+ARTIFACTS = Path(os.environ.get("CNNLAB_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "build" / "artifacts")
+
+
+def images_of(page: str) -> list[Image.Image]:
+    """Every <img> of the page, decoded; each must be an embedded PNG."""
+    sources = re.findall(r'<img [^>]*src="([^"]*)"', page)
+    assert len(sources) == page.count("<img ")
+    decoded = []
+    for src in sources:
+        assert src.startswith("data:image/png;base64,"), src[:60]
+        decoded.append(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
+    return decoded
+
+
+@pytest.fixture(scope="module")
+def page(trained_run) -> str:
+    """The report that training wrote for the session's seed-cnn run."""
+    return (trained_run.path / "report.html").read_text(encoding="utf-8")
+
+
+def test_training_writes_a_self_contained_report(page):
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    for key, heading, _ in SECTIONS:
+        assert f'<section id="{key}"><h2>{heading}</h2>' in page.replace("&#x27;", "'")
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing to fetch, nothing to run
+    pictures = images_of(page)
+    # 1 curves + 1 confusion + 16 top losses + 3 x 10 samples + 1 filters + 3 x (image + 2 layers) + 1 CAM
+    assert len(pictures) == 1 + 1 + 16 + 30 + 1 + 9 + 1
+    assert all(p.width > 0 and p.height > 0 for p in pictures)
+
+
+def test_report_numbers_are_the_runs(trained_run, page):
+    metrics = trained_run.metrics
+    assert f"test accuracy <b>{100 * metrics['test_accuracy']:.2f}%</b> of 2,000 images" in page
+    for name, acc in zip(metrics["classes"], metrics["per_class_accuracy"]):
+        assert f"<td>{name}</td>" in page and f"{100 * acc:.2f}%" in page
+    # The most confused pair is the largest off-diagonal count of metrics.json's confusion matrix.
+    confusion = torch.tensor(metrics["confusion"])
+    off = confusion - torch.diag(torch.diag(confusion))
+    t, p = divmod(int(off.argmax()), len(confusion))
+    classes = trained_run.classes
+    assert f"<li>{classes[t]} taken for {classes[p]}: {int(off.max()):,} images" in page
+    # The first of the top losses is the test image with the highest cross-entropy.
+    data = load_run_data(trained_run)
+    logits, labels = collect_logits(run_model(trained_run, torch.device("cpu")),
+                                    BatchLoader(data.test, 500, trained_run.mean, trained_run.std))
+    worst = int(F.cross_entropy(logits, labels, reduction="none").argmax())
+    first = re.search(r'<div class="gallery"><figure><img [^>]*><figcaption>#(\d+): true ([^,]+),', page)
+    assert int(first[1]) == worst and first[2] == classes[int(labels[worst])]
+
+
+def test_findings_agree_with_metrics(trained_run):
+    f = findings(trained_run, load_run_data(trained_run), device="cpu")
+    assert f.evaluation.confusion == trained_run.metrics["confusion"]
+    assert f.evaluation.accuracy == pytest.approx(trained_run.metrics["test_accuracy"], abs=1e-9)
+    assert f.losses.shape == (2000,) and f.probabilities.sum(1).sub(1).abs().max() < 1e-5
+
+
+def test_one_per_class():
+    labels = torch.tensor([3, 3, 1, 0, 1, 2])
+    assert one_per_class(labels, 3) == [3, 2, 5]
+    assert one_per_class(labels, 6) == [3, 2, 5, 0, 1, 4]
+    assert one_per_class(torch.tensor([1, 1, 1]), 2) == [0, 1]
+
+
+def test_report_command_and_its_errors(trained_run, tmp_path, capsys):
+    out = tmp_path / "page.html"
+    assert main(["report", str(trained_run.path), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert "Grad-CAM at the last convolution, 3," in out.read_text()
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="at least two runs"):
+        compare_report([trained_run], tmp_path / "one.html")
+
+
+def test_report_of_a_moved_folder_dataset(cifar_jpegs, tmp_path):
+    """A 3-channel run from a folder of images; the report follows the folder with --dataset."""
+    data = tmp_path / "pets"
+    shutil.copytree(cifar_jpegs, data)
+    run = cnnlab.train("largenet", f"folder:{data}", epochs=1, augment="crop+flip", out=tmp_path / "run",
+                       verbose=False, report=False)
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    with pytest.raises(cnnlab.Error, match="pets"):
+        report(run)
+    path = report(run, dataset=f"folder:{moved}")
+    page = path.read_text()
+    assert "as this run trained (--augment crop+flip)" in page
+    assert 'alt="conv1: 5 filters of 3x5x5, in colour' in page and "Grad-CAM at the last convolution, conv2," in page
+    pictures = images_of(page)
+    colour = [p for p in pictures if p.mode == "RGB" and p.size == (32, 32)]
+    assert len(colour) >= 16 + 30  # top losses and training samples in colour, at their own size
+
+
+def test_compare_writes_one_page_side_by_side(tmp_path):
+    comparison = cnnlab.compare(["seed-mlp", "conv(8,3) relu maxpool(2) flatten linear(10)"], "sample", subset=400,
+                                epochs=1, out=tmp_path, verbose=False)
+    assert comparison.report == tmp_path / "report.html"
+    page = comparison.report.read_text()
+    assert "<h1>seed-mlp vs spec on sample</h1>" in page
+    assert page.count('<div class="cols" style="grid-template-columns: repeat(2, minmax(0, 1fr))">') == len(SECTIONS)
+    for run in comparison.runs:
+        assert f"{100 * run.metrics['test_accuracy']:.2f}%" in page and (run.path / "report.html").exists()
+    assert "This model has no convolution layers, so it makes no feature maps." in page  # the MLP's column
+    assert 'alt="conv1: 8 filters of 1x3x3' in page and 'alt="conv2 (Conv2d) on #' not in page  # the CNN's
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_renders_in_headless_chromium(trained_run):
+    """Open report.html from disk in a real browser: no console errors, every image decoded."""
+    browser_path = chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium on this machine (make test installs Debian's chromium where apt-get can run)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[test]'")
+    problems: list[str] = []
+    with playwright.sync_playwright() as p:
+        # The flags keep Chromium off the network, which this machine does not reach anyway.
+        browser = p.chromium.launch(executable_path=browser_path, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            tab = browser.new_page(viewport={"width": 1280, "height": 900})
+            tab.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            tab.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            tab.on("requestfailed", lambda r: problems.append(f"request failed: {r.url[:80]}"))
+            tab.goto((trained_run.path / "report.html").as_uri(), wait_until="load")
+            widths = tab.evaluate("Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+            sections = tab.evaluate("document.querySelectorAll('section').length")
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shot = ARTIFACTS / "report.png"
+            tab.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert problems == []
+    assert len(widths) == 59 and min(widths) > 0
+    assert sections == len(SECTIONS)
+    with Image.open(shot) as image:
+        assert image.width == 1280 and image.height > 3000  # the whole page, kept in build/artifacts/
+    print(f"screenshot: {shot}")
