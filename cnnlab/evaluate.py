@@ -53,9 +53,12 @@ def judged(model: nn.Module, tta: bool) -> nn.Module:
     return FlipAverage(model).train(model.training) if tta else model  # a new module starts in training mode
 
 
-def run_model(run: Run, device: torch.device) -> nn.Module:
-    """A run's best weights on `device`, laid out and judged as the run was trained (channels_last, TTA)."""
-    model = run.build_model().to(device)
+def run_model(run: Run, device: torch.device, model: nn.Module | None = None) -> nn.Module:
+    """A run's best weights on `device`, laid out and judged as the run was trained (channels_last, TTA).
+
+    model: the run's network already built (`run.build_model()`), to be moved and laid out in place.
+    """
+    model = (model if model is not None else run.build_model()).to(device)
     if run.config["train"].get("channels_last", False):
         model.to(memory_format=torch.channels_last)
     return judged(model, run.config["train"].get("tta", False))

@@ -8,6 +8,7 @@ run's report stacks them; a comparison's puts each section's runs side by side.
 from __future__ import annotations
 
 import base64
+import copy
 import html
 import io
 from collections.abc import Callable
@@ -53,11 +54,11 @@ def findings(run: Run, data: ImageData, device: str = "auto") -> Findings:
     target = resolve_device(device)
     loader = BatchLoader(data.test, EVAL_BATCH, run.mean, run.std, device=target,
                          channels_last=run.config["train"].get("channels_last", False))
-    logits, labels = collect_logits(run_model(run, target), loader)  # (N, classes), (N,)
+    model = run.build_model()  # building checks the model with a traced pass: once is enough
+    logits, labels = collect_logits(run_model(run, target, copy.deepcopy(model)), loader)  # (N, classes), (N,)
     return Findings(
         run=run, data=data, evaluation=evaluation_of(logits, labels, run.classes),
-        probabilities=logits.softmax(1), losses=F.cross_entropy(logits, labels, reduction="none"),
-        model=run.build_model(),
+        probabilities=logits.softmax(1), losses=F.cross_entropy(logits, labels, reduction="none"), model=model,
     )
 
 
@@ -326,7 +327,9 @@ def compare_report(runs: list[Run | str | Path], out: str | Path, data: ImageDat
         cells = "".join(f"<div><h3>{esc(f.name)}</h3>{section(f)}</div>" for f in all_findings)
         body += f'<section id="{key}"><h2>{esc(heading)}</h2>{columns}{cells}</div></section>'
     names = " vs ".join(f.name for f in all_findings)
-    intro = esc(f"{len(opened)} models trained on {data.name} with the same data and settings")
+    datasets = sorted({f.data.name for f in all_findings})
+    intro = esc(f"{len(opened)} runs on {', '.join(datasets)}, a column each: "
+                + "; ".join(f"{f.name} in {f.run.path}" for f in all_findings))
     sections = [("overview", "Side by side")] + [(key, heading) for key, heading, _ in SECTIONS]
     path = Path(out)
     write_text(path, page(f"{names} on {data.name}", intro, body, sections))
