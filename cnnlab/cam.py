@@ -31,22 +31,34 @@ class Cam:
     probabilities: torch.Tensor  # (N, classes) the model's softmax for each image
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, layer: str, target: int | torch.Tensor | None = None) -> Cam:
-    """Grad-CAM of `model` at the module named `layer` for a normalized batch x (N, C, H, W).
+def grad_cam(model: nn.Module, x: torch.Tensor, layer: str | None = None,
+             target: int | torch.Tensor | None = None) -> Cam:
+    """Grad-CAM of `model` for a normalized batch x (N, C, H, W).
 
+    layer: the module whose output is explained. None takes the last module to give feature maps
+    larger than 1x1: the last convolution's output after its pooling and ReLU, where Grad-CAM is
+    meant to look (`layer4` in a ResNet, the last ReLU in seed-cnn). A module called more than
+    once (LargeNet's `pool`) is explained at its last call.
     target: the class to explain, one for all images or one per image; None explains the
     predicted class of each image. The model is used in eval mode and restored after.
     """
-    module = dict(model.named_modules())[layer]
-    saved: list[torch.Tensor] = []
+    modules = dict(model.named_modules())
+    if layer is not None and (layer == "" or layer not in modules):
+        raise UsageError(f"the model has no layer {layer!r}; `cnnlab summary` lists the layer names")
+    saved: list[tuple[str, torch.Tensor]] = []  # (name, output) in the order the modules finish
 
-    def keep(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
-        saved.append(output)
-        return output.clone()  # a later in-place op (ReLU(inplace=True)) must not overwrite what is kept
+    def keep(name: str):
+        def hook(_module: nn.Module, _args: tuple, output: object) -> torch.Tensor | None:
+            if not isinstance(output, torch.Tensor):
+                return None
+            saved.append((name, output))
+            return output.clone()  # a later in-place op (ReLU(inplace=True)) must not overwrite what is kept
+        return hook
 
+    watched = [layer] if layer is not None else [name for name in modules if name]
+    handles = [modules[name].register_forward_hook(keep(name)) for name in watched]
     was_training = model.training
     model.eval()
-    handle = module.register_forward_hook(keep)
     try:
         with torch.enable_grad():
             # The input asks for gradients so that a frozen layer's output still has them.
@@ -56,15 +68,11 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layer: str, target: int | torch.
             else:
                 classes = torch.as_tensor(target, device=logits.device).expand(len(x)).long()
             score = logits.gather(1, classes[:, None]).sum()  # each image's score adds only to its own gradient
-            activation = saved[0]  # (N, K, h, w)
-            if activation.dim() != 4:
-                raise UsageError(
-                    f"Grad-CAM needs a layer with feature maps (N, channels, height, width); {layer!r} gives "
-                    f"{tuple(activation.shape)}: choose a convolution layer"
-                )
+            layer, activation = _explained(saved, layer)  # (N, K, h, w)
             (gradient,) = torch.autograd.grad(score, activation)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
     weights = gradient.mean(dim=(2, 3), keepdim=True)  # (N, K, 1, 1): alpha_k
     raw = F.relu((weights * activation).sum(1)).detach()  # (N, h, w)
@@ -73,3 +81,22 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layer: str, target: int | torch.
     span = up.amax(dim=(1, 2), keepdim=True) - low
     maps = torch.where(span > 0, (up - low) / span.clamp_min(1e-12), torch.zeros_like(up))
     return Cam(layer, maps.cpu(), raw.cpu(), classes.detach().cpu(), logits.detach().softmax(1).cpu())
+
+
+def _explained(saved: list[tuple[str, torch.Tensor]], layer: str | None) -> tuple[str, torch.Tensor]:
+    """The (name, output) to explain: the named layer's last call, or the last feature maps beyond 1x1."""
+    if layer is None:
+        spatial = [(name, a) for name, a in saved if a.dim() == 4 and a.shape[2] * a.shape[3] > 1]
+        if not spatial:
+            raise UsageError("Grad-CAM needs a layer with feature maps (N, channels, height, width) and this model "
+                             "has none: it has no convolution layers")
+        return spatial[-1]
+    if not saved:
+        raise UsageError(f"layer {layer!r} is not used in the model's forward pass, so Grad-CAM cannot look at it")
+    activation = saved[-1][1]
+    if activation.dim() != 4:
+        raise UsageError(
+            f"Grad-CAM needs a layer with feature maps (N, channels, height, width); {layer!r} gives "
+            f"{tuple(activation.shape)}: choose a convolution layer"
+        )
+    return layer, activation

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from . import viz
-from .cam import grad_cam
+from .cam import Cam, grad_cam
 from .errors import UsageError
 from .evaluate import prepare_images
 from .runs import Run, open_run
@@ -39,18 +39,6 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def cam_layer(model: nn.Module, layer: str | None = None) -> str:
-    """`layer`, checked, or the last convolution: Grad-CAM's usual choice, the most abstract maps
-    that still keep where things are."""
-    if layer is not None:
-        find_layer(model, layer)
-        return layer
-    convs = conv_layers(model)
-    if not convs:
-        raise UsageError("the model has no convolution layers; name a layer with --layer (see `cnnlab summary`)")
-    return convs[-1]
-
-
 @torch.no_grad()
 def feature_maps(model: nn.Module, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
     """The output of each named layer for a normalized batch x (N, C, H, W), from one forward pass."""
@@ -58,8 +46,8 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layers: list[str]) -> dict[s
     handles = []
     for name in layers:
         def keep(_m: nn.Module, _a: tuple, output: torch.Tensor, name: str = name) -> None:
-            if name not in maps and isinstance(output, torch.Tensor):  # a module called twice: its first call
-                maps[name] = output.detach().float().cpu().clone()  # clone: an in-place ReLU comes next
+            if isinstance(output, torch.Tensor):  # a module called twice: its last call, as Grad-CAM takes it
+                maps[name] = output.detach().float().cpu().clone()  # clone: an in-place ReLU may come next
         handles.append(find_layer(model, name).register_forward_hook(keep))
     was_training = model.training
     model.eval()
@@ -126,9 +114,12 @@ def filter_figure(name: str, weight: torch.Tensor, input_shape: tuple[int, int, 
                       "red > 0 > blue", cmap="RdBu_r", columns=kept.shape[1])
 
 
-def cam_figure(model: nn.Module, shown: torch.Tensor, x: torch.Tensor, classes: list[str], layer: str,
-               target: int | None = None, true: list[int] | None = None, names: list[str] | None = None) -> Figure:
-    """Grad-CAM at `layer` for the images `shown` (N, C, H, W in [0, 1]), normalized as x."""
+def cam_figure(model: nn.Module, shown: torch.Tensor, x: torch.Tensor, classes: list[str], layer: str | None = None,
+               target: int | None = None, true: list[int] | None = None, names: list[str] | None = None
+               ) -> tuple[Figure, Cam]:
+    """Grad-CAM for the images `shown` (N, C, H, W in [0, 1]), normalized as x, and the maps themselves.
+
+    layer: None looks at the last feature maps (see `cam.grad_cam`)."""
     cam = grad_cam(model, x, layer, target)
     captions = []
     for i in range(len(x)):
@@ -139,7 +130,9 @@ def cam_figure(model: nn.Module, shown: torch.Tensor, x: torch.Tensor, classes: 
         if c != predicted:
             caption += f"\nmap for {classes[c]} {cam.probabilities[i, c]:.0%}"
         captions.append((names[i] + "\n" if names else "") + caption)
-    return viz.cam_grid(shown, cam.maps, captions, f"Grad-CAM at {layer}: where the evidence for the class lies")
+    kind = type(dict(model.named_modules())[cam.layer]).__name__
+    title = f"Grad-CAM at {cam.layer} ({kind}, {cam.raw.shape[1]}x{cam.raw.shape[2]}): where the evidence lies"
+    return viz.cam_grid(shown, cam.maps, captions, title), cam
 
 
 def _run_and_images(run: str | Path | Run, paths: list[str | Path], invert: bool
@@ -180,14 +173,14 @@ def filters(run: str | Path | Run, layer: str | None = None, out: str | Path = "
 
 def cam(run: str | Path | Run, images: list[str | Path], layer: str | None = None, target: str | None = None,
         out: str | Path = "cam.png", invert: bool = False) -> Path:
-    """Write Grad-CAM heat maps of image files (default: at the last convolution, for the predicted class)."""
+    """Write Grad-CAM heat maps of image files (default: at the last feature maps, for the predicted class)."""
     run, model, shown, x = _run_and_images(run, images, invert)
-    layer = cam_layer(model, layer)
+    if layer is not None:
+        find_layer(model, layer)
     index = None
     if target is not None:
         if target not in run.classes:
             raise UsageError(f"unknown class {target!r}; the run's classes are {', '.join(run.classes)}")
         index = run.classes.index(target)
-    names = [Path(p).name for p in images]
-    return viz.save(cam_figure(model, shown, x, run.classes, layer, index, names=names), out)
-
+    fig, _ = cam_figure(model, shown, x, run.classes, layer, index, names=[Path(p).name for p in images])
+    return viz.save(fig, out)

@@ -227,11 +227,10 @@ def cam_section(f: Findings) -> str:
     if not inside.conv_layers(f.model):
         return "<p>Grad-CAM needs a convolution layer; this model has none.</p>"
     chosen, raw, x = _test_images(f, CAM_IMAGES)
-    layer = inside.cam_layer(f.model)
-    fig = inside.cam_figure(f.model, raw.float() / 255, x, f.run.classes, layer,
-                            true=f.data.test.y[chosen].tolist(), names=[f"#{i}" for i in chosen])
-    return (f"<p>Grad-CAM at the last convolution, {esc(layer)}, for the predicted class: red where the "
-            f"evidence for it lies.</p>{figure(fig, 'Grad-CAM')}")
+    fig, cam = inside.cam_figure(f.model, raw.float() / 255, x, f.run.classes, true=f.data.test.y[chosen].tolist(),
+                                 names=[f"#{i}" for i in chosen])
+    return (f"<p>Grad-CAM at {esc(cam.layer)}, the last feature maps before the classifier, for the predicted "
+            f"class: red where the evidence for it lies.</p>{figure(fig, fig.get_suptitle())}")
 
 
 Section = Callable[[Findings], str]

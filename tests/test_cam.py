@@ -52,6 +52,28 @@ def test_same_maps_as_the_grad_cam_package(name, targets):
         assert ours.classes.tolist() == targets * len(x)
 
 
+def test_the_default_layer_is_the_last_one_with_feature_maps():
+    """After the last convolution's pooling and ReLU, as Grad-CAM is meant to be used."""
+    torch.manual_seed(2)
+    seed_cnn = cnnlab.get_model("seed-cnn", (1, 28, 28)).eval()
+    x = torch.randn(3, 1, 28, 28)
+    cam = grad_cam(seed_cnn, x)
+    assert cam.layer == "5" and cam.raw.shape == (3, 5, 5)  # ReLU after the second max-pool, 128x5x5
+    torch.testing.assert_close(cam.maps, package_cam(seed_cnn, x, "5", None), atol=2e-5, rtol=0)
+    resnet = torchvision.models.resnet18(num_classes=10).eval()
+    assert grad_cam(resnet, torch.randn(1, 3, 64, 64)).layer == "layer4"  # what the package's README picks
+    small = cnnlab.get_model("small-cnn-28", (1, 28, 28)).eval()  # global average pooling (1x1) is passed over
+    small_cam = grad_cam(small, torch.randn(2, 1, 28, 28))
+    assert small_cam.layer == "11" and small_cam.raw.shape[1:] == (3, 3)  # the last max-pool, before the 1x1
+    largenet = cnnlab.get_model("largenet", (3, 32, 32)).eval()  # `pool` runs twice: its last call, 10x5x5
+    cam = grad_cam(largenet, torch.randn(2, 3, 32, 32))
+    assert cam.layer == "pool" and cam.raw.shape == (2, 5, 5)
+    with pytest.raises(UsageError, match="this model has none: it has no convolution layers"):
+        grad_cam(cnnlab.get_model("seed-mlp", (1, 28, 28)), x)
+    with pytest.raises(UsageError, match="no layer 'conv9'"):
+        grad_cam(seed_cnn, x, "conv9")
+
+
 def test_raw_map_is_the_formula():
     """ReLU(sum_k alpha_k A_k) with alpha_k the mean over (h, w) of dScore/dA_k, split by hand at the layer."""
     torch.manual_seed(1)

@@ -91,7 +91,7 @@ def test_report_command_and_its_errors(trained_run, tmp_path, capsys):
     out = tmp_path / "page.html"
     assert main(["report", str(trained_run.path), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}"
-    assert "Grad-CAM at the last convolution, 3," in out.read_text()
+    assert "Grad-CAM at 5, the last feature maps before the classifier" in out.read_text()  # seed-cnn's last ReLU
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
     with pytest.raises(UsageError, match="at least two runs"):
@@ -111,7 +111,7 @@ def test_report_of_a_moved_folder_dataset(cifar_jpegs, tmp_path):
     path = report(run, dataset=f"folder:{moved}")
     page = path.read_text()
     assert "as this run trained (--augment crop+flip)" in page
-    assert 'alt="conv1: 5 filters of 3x5x5, in colour' in page and "Grad-CAM at the last convolution, conv2," in page
+    assert 'alt="conv1: 5 filters of 3x5x5, in colour' in page and "Grad-CAM at pool, the last feature maps" in page
     pictures = images_of(page)
     colour = [p for p in pictures if p.mode == "RGB" and p.size == (32, 32)]
     assert len(colour) >= 16 + 30  # top losses and training samples in colour, at their own size
