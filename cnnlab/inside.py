@@ -145,6 +145,8 @@ def _run_and_images(run: str | Path | Run, paths: list[str | Path], invert: bool
 def featuremaps(run: str | Path | Run, image: str | Path, layer: str | None = None, out: str | Path = "featuremaps",
                 max_channels: int = 64, invert: bool = False) -> list[Path]:
     """Write the feature maps of `image` at `layer` (default: every convolution) as PNG files in `out`."""
+    if max_channels < 1:
+        raise UsageError(f"--channels {max_channels}: show at least 1 channel per layer")
     run, model, _, x = _run_and_images(run, [image], invert)
     layers = [layer] if layer is not None else conv_layers(model)
     if not layers:

@@ -24,9 +24,9 @@ from . import __version__, inside, viz
 from .data import BatchLoader, ImageData
 from .data.augment import augment
 from .evaluate import EVAL_BATCH, Evaluation, collect_logits, evaluation_of, load_run_data, resolve_device, run_model
-from .errors import UsageError
+from .errors import RunError, UsageError
 from .models import short_name
-from .runs import Run, open_run, write_text
+from .runs import Run, open_run, why_not_written, write_text
 
 TOP_LOSSES = 16
 FEATURE_IMAGES = 3
@@ -298,9 +298,7 @@ def report(run: str | Path | Run, data: ImageData | None = None, out: str | Path
                    for key, heading, section in SECTIONS)
     html_text = page(f"{f.name} on {run.config['data']['dataset']}", _intro(run), body,
                      [(key, heading) for key, heading, _ in SECTIONS])
-    path = Path(out) if out is not None else run.path / "report.html"
-    write_text(path, html_text)
-    return path
+    return _write(Path(out) if out is not None else run.path / "report.html", html_text)
 
 
 def compare_report(runs: list[Run | str | Path], out: str | Path, data: ImageData | None = None,
@@ -330,6 +328,12 @@ def compare_report(runs: list[Run | str | Path], out: str | Path, data: ImageDat
     intro = esc(f"{len(opened)} runs on {', '.join(datasets)}, a column each: "
                 + "; ".join(f"{f.name} in {f.run.path}" for f in all_findings))
     sections = [("overview", "Side by side")] + [(key, heading) for key, heading, _ in SECTIONS]
-    path = Path(out)
-    write_text(path, page(f"{names} on {data.name}", intro, body, sections))
+    return _write(Path(out), page(f"{names} on {data.name}", intro, body, sections))
+
+
+def _write(path: Path, text: str) -> Path:
+    try:
+        write_text(path, text)
+    except OSError as exc:
+        raise RunError(f"cannot write the report {path}: {why_not_written(path, exc)}") from exc
     return path

@@ -52,6 +52,17 @@ def atomic_write(path: str | Path, write: Any) -> None:
         raise
 
 
+def why_not_written(path: Path, exc: OSError) -> str:
+    """Why writing `path` failed, in words: a folder on the way that is a file is named as such
+    (mkdir says only "File exists")."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            break
+    return exc.strerror or str(exc)
+
+
 def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 

@@ -18,7 +18,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .runs import atomic_write
+from .errors import ImageError
+from .runs import atomic_write, why_not_written
 
 DPI = 100
 
@@ -35,7 +36,10 @@ def save(fig: Figure, path: str | Path) -> Path:
     """Write the figure to a PNG file atomically."""
     path = Path(path)
     data = png(fig)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    except OSError as exc:
+        raise ImageError(f"cannot write {path}: {why_not_written(path, exc)}") from exc
     return path
 
 

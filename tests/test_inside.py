@@ -113,6 +113,11 @@ def test_featuremaps_filters_cam_commands(trained_run, tmp_path, capsys):
     assert "'7' gives (1, 200): choose a convolution layer" in capsys.readouterr().err
     assert main(["cam", run, str(tmp_path / "none.png")]) == 2
     assert "none.png does not exist" in capsys.readouterr().err
+    assert main(["featuremaps", run, str(SAMPLE_IMAGE), "--channels", "0"]) == 2
+    assert "--channels 0: show at least 1 channel per layer" in capsys.readouterr().err
+    assert main(["filters", run, "--out", str(tmp_path / "f.png" / "g.png")]) == 2  # f.png is a file
+    assert f"cannot write {tmp_path / 'f.png' / 'g.png'}: {tmp_path / 'f.png'} is a file, not a folder" in (
+        capsys.readouterr().err)
 
 
 def test_cam_for_the_predicted_class_matches_predict(trained_run, tmp_path):

@@ -46,7 +46,8 @@ def test_training_writes_a_self_contained_report(page):
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     for key, heading, _ in SECTIONS:
         assert f'<section id="{key}"><h2>{heading}</h2>' in page.replace("&#x27;", "'")
-    assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing to fetch, nothing to run
+    assert "http://" not in page and "https://" not in page  # nothing to fetch
+    assert "<script" not in page  # nothing to run
     pictures = images_of(page)
     # 1 curves + 1 confusion + 16 top losses + 3 x 10 samples + 1 filters + 3 x (image + 2 layers) + 1 CAM
     assert len(pictures) == 1 + 1 + 16 + 30 + 1 + 9 + 1
@@ -94,6 +95,10 @@ def test_report_command_and_its_errors(trained_run, tmp_path, capsys):
     assert "Grad-CAM at 5, the last feature maps before the classifier" in out.read_text()  # seed-cnn's last ReLU
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main(["report", str(trained_run.path), "--out", str(tmp_path / "a-file" / "page.html")]) == 2
+    expected = f"cannot write the report {tmp_path / 'a-file' / 'page.html'}: {tmp_path / 'a-file'} is a file, not a folder"
+    assert expected in capsys.readouterr().err
     with pytest.raises(UsageError, match="at least two runs"):
         compare_report([trained_run], tmp_path / "one.html")
 
