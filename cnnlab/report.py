@@ -197,23 +197,35 @@ def filters_section(f: Findings) -> str:
     return figure(fig, fig.axes[0].get_title())
 
 
-def _test_images(f: Findings, count: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-    chosen = one_per_class(f.data.test.y, count)
+def most_confident(labels: torch.Tensor, probabilities: torch.Tensor, count: int) -> list[int]:
+    """For each of the first `count` classes with test images, the image scored highest for its own class."""
+    chosen = []
+    for c in labels.unique().tolist()[:count]:
+        of_class = (labels == c).nonzero()[:, 0]  # (n_c,)
+        chosen.append(int(of_class[probabilities[of_class, c].argmax()]))
+    return chosen
+
+
+def _test_images(f: Findings, chosen: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     raw = f.data.test.x[chosen]  # (n, C, H, W) uint8
     x = BatchLoader(f.data.test, 1, f.run.mean, f.run.std).normalize(raw)
-    return chosen, raw, x
+    return raw, x
 
 
 def featuremaps_section(f: Findings) -> str:
     convs = inside.conv_layers(f.model)
     if not convs:
         return "<p>This model has no convolution layers, so it makes no feature maps.</p>"
-    chosen, raw, x = _test_images(f, FEATURE_IMAGES)
+    # Lecture 002's way: images that score very high for their category, and what each layer makes of them.
+    chosen = most_confident(f.data.test.y, f.probabilities, FEATURE_IMAGES)
+    raw, x = _test_images(f, chosen)
     maps = inside.feature_maps(f.model, x, convs)
     kinds = dict(f.model.named_modules())
-    out = ""
+    out = ("<p>Every convolution's output for the test image of each of the first classes that the model "
+           "scores highest for its own class.</p>")
     for n, i in enumerate(chosen):
-        name = f"test image #{i} ({f.run.classes[int(f.data.test.y[i])]})"
+        c = int(f.data.test.y[i])
+        name = f"test image #{i} ({f.run.classes[c]}, {f.probabilities[i, c]:.1%})"
         out += f"<h4>{esc(name)}</h4>{picture(raw[n], name)}"
         for layer in convs:
             if layer in maps:
@@ -226,7 +238,8 @@ def featuremaps_section(f: Findings) -> str:
 def cam_section(f: Findings) -> str:
     if not inside.conv_layers(f.model):
         return "<p>Grad-CAM needs a convolution layer; this model has none.</p>"
-    chosen, raw, x = _test_images(f, CAM_IMAGES)
+    chosen = one_per_class(f.data.test.y, CAM_IMAGES)  # the first of each class: typical images, mistakes included
+    raw, x = _test_images(f, chosen)
     fig, cam = inside.cam_figure(f.model, raw.float() / 255, x, f.run.classes, true=f.data.test.y[chosen].tolist(),
                                  names=[f"#{i}" for i in chosen])
     return (f"<p>Grad-CAM at {esc(cam.layer)}, the last feature maps before the classifier, for the predicted "

@@ -19,7 +19,7 @@ from cnnlab.cli import main
 from cnnlab.data import BatchLoader
 from cnnlab.errors import UsageError
 from cnnlab.evaluate import collect_logits, load_run_data, run_model
-from cnnlab.report import SECTIONS, compare_report, findings, one_per_class, report
+from cnnlab.report import SECTIONS, compare_report, findings, most_confident, one_per_class, report
 
 # Where the browser test keeps its screenshot (build/ is ignored by git).
 ARTIFACTS = Path(os.environ.get("CNNLAB_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "build" / "artifacts")
@@ -72,6 +72,9 @@ def test_report_numbers_are_the_runs(trained_run, page):
     worst = int(F.cross_entropy(logits, labels, reduction="none").argmax())
     first = re.search(r'<div class="gallery"><figure><img [^>]*><figcaption>#(\d+): true ([^,]+),', page)
     assert int(first[1]) == worst and first[2] == classes[int(labels[worst])]
+    # Feature maps are shown for the test image of class 0 that is scored highest as class 0.
+    own = logits.softmax(1)[:, 0].masked_fill(labels != 0, -1)
+    assert f"<h4>test image #{int(own.argmax())} ({classes[0]}, {100 * float(own.max()):.1f}%)</h4>" in page
 
 
 def test_findings_agree_with_metrics(trained_run):
@@ -86,6 +89,13 @@ def test_one_per_class():
     assert one_per_class(labels, 3) == [3, 2, 5]
     assert one_per_class(labels, 6) == [3, 2, 5, 0, 1, 4]
     assert one_per_class(torch.tensor([1, 1, 1]), 2) == [0, 1]
+
+
+def test_most_confident():
+    labels = torch.tensor([2, 0, 0, 2, 1])
+    probabilities = torch.tensor([[0.1, 0.1, 0.8], [0.6, 0.2, 0.2], [0.9, 0.0, 0.1], [0.0, 0.1, 0.9], [0.5, 0.4, 0.1]])
+    assert most_confident(labels, probabilities, 3) == [2, 4, 3]  # classes 0, 1, 2: the highest own-class score
+    assert most_confident(labels, probabilities, 1) == [2]
 
 
 def test_report_command_and_its_errors(trained_run, tmp_path, capsys):
