@@ -48,11 +48,16 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layer: str | None = None,
     saved: list[tuple[str, torch.Tensor]] = []  # (name, output) in the order the modules finish
 
     def keep(name: str):
-        def hook(_module: nn.Module, _args: tuple, output: object) -> torch.Tensor | None:
-            if not isinstance(output, torch.Tensor):
-                return None
-            saved.append((name, output))
-            return output.clone()  # a later in-place op (ReLU(inplace=True)) must not overwrite what is kept
+        def hook(_module: nn.Module, _args: tuple, output: object) -> object:
+            # A later in-place op (ReLU(inplace=True)) must not overwrite what is kept: the model goes on
+            # with a copy. Of a tuple output, the first element, as the summary shows it.
+            if isinstance(output, torch.Tensor):
+                saved.append((name, output))
+                return output.clone()
+            if type(output) is tuple and output and isinstance(output[0], torch.Tensor):
+                saved.append((name, output[0]))
+                return (output[0].clone(), *output[1:])
+            return None
         return hook
 
     watched = [layer] if layer is not None else [name for name in modules if name]
@@ -88,11 +93,12 @@ def _explained(saved: list[tuple[str, torch.Tensor]], layer: str | None) -> tupl
     if layer is None:
         spatial = [(name, a) for name, a in saved if a.dim() == 4 and a.shape[2] * a.shape[3] > 1]
         if not spatial:
-            raise UsageError("Grad-CAM needs a layer with feature maps (N, channels, height, width) and this model "
-                             "has none: it has no convolution layers")
+            raise UsageError("Grad-CAM needs feature maps (N, channels, height, width) larger than 1x1, and no "
+                             "layer of this model gives them")
         return spatial[-1]
     if not saved:
-        raise UsageError(f"layer {layer!r} is not used in the model's forward pass, so Grad-CAM cannot look at it")
+        raise UsageError(f"layer {layer!r} gives no tensor in the model's forward pass (it is not called, or its "
+                         "output is not a tensor), so Grad-CAM cannot look at it")
     activation = saved[-1][1]
     if activation.dim() != 4:
         raise UsageError(

@@ -142,11 +142,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import compare_report, report
 
+    data = {"device": args.device, "data_dir": args.data_dir, "dataset": args.dataset, "download": args.download}
     if len(args.runs) == 1:
-        path = report(args.runs[0], out=args.out, device=args.device, data_dir=args.data_dir, dataset=args.dataset)
+        path = report(args.runs[0], out=args.out, **data)
     else:
-        path = compare_report(args.runs, args.out or "report.html", device=args.device, data_dir=args.data_dir,
-                              dataset=args.dataset)
+        path = compare_report(args.runs, args.out or "report.html", **data)
     print(f"wrote {path}")
 
 
@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("cam", "Grad-CAM: where in each image the model found the evidence for its class (PNG)", cmd_cam)
     p.add_argument("run", help="run folder")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, ... (converted as predict converts it)")
-    p.add_argument("--layer", help=layer_help + " (default: the last convolution)")
+    p.add_argument("--layer", help=layer_help + " (default: the last feature maps, after the last convolution's "
+                   "pooling and ReLU)")
     p.add_argument("--class", dest="target", metavar="NAME", help="explain this class (default: the predicted one)")
     p.add_argument("--out", default="cam.png", help="the PNG file (default cam.png)")
     p.add_argument("--invert", action="store_true", help="invert dark-on-light images (MNIST-style data)")

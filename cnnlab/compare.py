@@ -89,15 +89,16 @@ def compare(
         train(
             model, data, data_dir=data_dir, image_size=image_size, channels=channels,
             skip_bad_images=skip_bad_images, out=out / folder, overwrite=overwrite, device=device, verbose=verbose,
-            report=report, **settings,
+            report=report and len(models) == 1, **settings,
         )
         for model, folder in zip(models, folders)
     ]
     page = None
-    if report:
+    if report and len(runs) > 1 and all(runs):  # under torchrun the other ranks have no runs (None)
         from .report import compare_report  # matplotlib is imported only when a report is written
 
-        page = compare_report(runs, out / "report.html", data, device)
+        # Each run's report.html and the side-by-side page, from one rendering of each run.
+        page = compare_report(runs, out / "report.html", data, device, each=True)
     return Comparison(data.name, out, runs, page)
 
 

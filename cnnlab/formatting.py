@@ -6,6 +6,8 @@ CLI stays a thin layer and the same text can go into files and tests.
 
 from __future__ import annotations
 
+import math
+
 import io
 import json
 from collections.abc import Callable, Sequence
@@ -28,7 +30,7 @@ Column = tuple[str, str, Callable[[Any], str]]  # (key, header, formatter)
 
 
 def percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
+    return "-" if value is None or math.isnan(value) else f"{value:.2%}"
 
 
 def integer(value: int | None) -> str:

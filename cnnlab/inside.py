@@ -39,15 +39,26 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
+def first_tensor(output: object) -> torch.Tensor | None:
+    """A module's output, or the first tensor of a tuple or list (as the summary shows it)."""
+    if isinstance(output, (tuple, list)):
+        output = next((o for o in output if isinstance(o, torch.Tensor)), None)
+    return output if isinstance(output, torch.Tensor) else None
+
+
 @torch.no_grad()
 def feature_maps(model: nn.Module, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
-    """The output of each named layer for a normalized batch x (N, C, H, W), from one forward pass."""
+    """The output of each named layer for a normalized batch x (N, C, H, W), from one forward pass.
+
+    A layer the forward pass does not call, or that gives no tensor, has no entry; a module called
+    more than once gives its last call, as Grad-CAM takes it."""
     maps: dict[str, torch.Tensor] = {}
     handles = []
     for name in layers:
-        def keep(_m: nn.Module, _a: tuple, output: torch.Tensor, name: str = name) -> None:
-            if isinstance(output, torch.Tensor):  # a module called twice: its last call, as Grad-CAM takes it
-                maps[name] = output.detach().float().cpu().clone()  # clone: an in-place ReLU may come next
+        def keep(_m: nn.Module, _a: tuple, output: object, name: str = name) -> None:
+            tensor = first_tensor(output)
+            if tensor is not None:
+                maps[name] = tensor.detach().float().cpu().clone()  # clone: an in-place ReLU may come next
         handles.append(find_layer(model, name).register_forward_hook(keep))
     was_training = model.training
     model.eval()
@@ -76,18 +87,23 @@ def layer_weights(model: nn.Module, input_shape: tuple[int, int, int], layer: st
                   ) -> tuple[str, torch.Tensor] | None:
     """(name, weight) of the layer whose filters to show: `layer`, else the first convolution, else
     (an MLP) a first linear layer on the whole flattened image; None when there is neither."""
+    pixels = math.prod(input_shape)
     if layer is not None:
-        weight = getattr(find_layer(model, layer), "weight", None)
+        module = find_layer(model, layer)
+        weight = getattr(module, "weight", None)
+        if isinstance(module, nn.Linear) and module.in_features != pixels:
+            raise UsageError(f"layer {layer!r} is a linear layer on {module.in_features} features, not on the "
+                             f"{pixels} pixels of the image, so its weights are no pictures; name a convolution")
         if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
             raise UsageError(f"layer {layer!r} has no convolution or linear weights to show; name a Conv2d")
         return layer, weight.detach().float().cpu()
-    for name, m in model.named_modules():
+    modules = list(model.named_modules())
+    for name, m in modules:
         if isinstance(m, nn.Conv2d):
             return name, m.weight.detach().float().cpu()
-        if isinstance(m, nn.Linear):
-            if m.in_features == math.prod(input_shape):
-                return name, m.weight.detach().float().cpu()
-            return None
+    first_linear = next(((name, m) for name, m in modules if isinstance(m, nn.Linear)), None)
+    if first_linear is not None and first_linear[1].in_features == pixels:
+        return first_linear[0], first_linear[1].weight.detach().float().cpu()
     return None
 
 
@@ -152,12 +168,13 @@ def featuremaps(run: str | Path | Run, image: str | Path, layer: str | None = No
     if not layers:
         raise UsageError("the model has no convolution layers; name a layer with --layer (see `cnnlab summary`)")
     maps = feature_maps(model, x, layers)
-    missing = [name for name in layers if name not in maps]
-    if missing:
-        raise UsageError(f"layer {missing[0]!r} is not used in the model's forward pass, so it has no feature maps")
+    if not maps:
+        which = f"layer {layer!r}" if layer is not None else "none of the convolution layers"
+        raise UsageError(f"{which} gives a tensor in the model's forward pass (not called, or not a tensor), so "
+                         "there are no feature maps to show")
     out, modules = Path(out), dict(model.named_modules())
     written = []
-    for name in layers:
+    for name in maps:  # a convolution the forward pass never calls has none, and is left out
         fig = featuremap_figure(maps[name][0], name, type(modules[name]).__name__, Path(image).name, max_channels)
         written.append(viz.save(fig, out / f"{Path(image).stem}-{name}.png"))
     return written

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +24,7 @@ from safetensors.torch import load_model as load_safetensors
 
 from . import __version__, distributed
 from .data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
-from .errors import Error, Interrupted, RunError, TrainingError, UsageError
+from .errors import Interrupted, RunError, TrainingError, UsageError
 from .evaluate import EVAL_BATCH, evaluate_model, judged, load_run_data, loss_and_accuracy, resolve_device
 from .formatting import summary_table
 from .models import load_model, short_name, stored_ref
@@ -144,12 +143,15 @@ def train(
                 out.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise RunError(f"cannot make the run folder {out}: {exc.strerror or exc}") from exc
-            for stale in ("metrics.json", "history.csv", "model.safetensors", "checkpoint.pt", "summary.txt"):
+            for stale in ("metrics.json", "history.csv", "model.safetensors", "checkpoint.pt", "summary.txt",
+                          "report.html"):
                 (out / stale).unlink(missing_ok=True)  # an overwritten run must not mix with the old one
             write_json(out / "config.json", config)
         run = _fit(net, dataset, fit, val, config, out, target, None, verbose, ctx)
         if run is not None and report:
-            _report(run, dataset, device, verbose)
+            from .report import after_training  # matplotlib is imported only when a report is written
+
+            after_training(run, dataset, device, verbose)
         return run
     finally:
         distributed.teardown(ctx)
@@ -192,23 +194,12 @@ def resume(run: str | Path, epochs: int | None = None, device: str = "auto", ver
         state["history"] = previous.history[: state["epoch"]]  # a row written after the checkpoint is redone
         finished = _fit(net, dataset, fit, val, config, previous.path, target, state, verbose, ctx)
         if finished is not None and report:
-            _report(finished, dataset, device, verbose)
+            from .report import after_training
+
+            after_training(finished, dataset, device, verbose)
         return finished
     finally:
         distributed.teardown(ctx)
-
-
-def _report(run: Run, dataset: ImageData, device: str, verbose: bool) -> None:
-    """Write the run's report.html; training's results are saved already, so a failure here only warns."""
-    from .report import report  # matplotlib is imported only when a report is written
-
-    try:
-        path = report(run, dataset, device=device)
-    except Error as exc:
-        print(f"the report was not written ({exc}); try again with: cnnlab report {run.path}", file=sys.stderr)
-        return
-    if verbose:
-        print(f"report: {path}\n")
 
 
 def _check_precision(s: Settings, device: torch.device) -> None:

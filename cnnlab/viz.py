@@ -24,6 +24,11 @@ from .runs import atomic_write, why_not_written
 DPI = 100
 
 
+def text(value: object) -> str:
+    """Text for a figure, shown as it is: matplotlib reads $...$ as mathematics (a class called US$_5$)."""
+    return str(value).replace("$", r"\$")
+
+
 def png(fig: Figure, dpi: int = DPI) -> bytes:
     """The figure as PNG bytes."""
     FigureCanvasAgg(fig)
@@ -62,7 +67,7 @@ def curves(histories: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
                 if all(math.isnan(v) for v in values):
                     continue
                 ax.plot(epochs, values, style, color=colour, marker="o", markersize=3,
-                        label=f"{label} {what}" if several else what)
+                        label=text(f"{label} {what}" if several else what))
     for ax, title in ((loss_ax, "loss (cross-entropy)"), (acc_ax, "accuracy (%)")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
@@ -85,8 +90,9 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> Figure
     ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), classes, fontsize=8)
+    names = [text(c) for c in classes]
+    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if k <= 20:  # beyond that the numbers no longer fit in their cells
@@ -136,8 +142,9 @@ def mosaic(maps: np.ndarray, title: str, cmap: str = "viridis", columns: int | N
     else:
         colour_map = colormaps[cmap].with_extremes(bad="white")
         ax.imshow(np.ma.masked_invalid(grid), cmap=colour_map, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(text(title), fontsize=9)
     ax.axis("off")
+    fig.set_label(title)  # the title as given, e.g. for an <img alt>
     return fig
 
 
@@ -159,11 +166,12 @@ def cam_grid(images: torch.Tensor, maps: torch.Tensor, captions: Sequence[str], 
     axes = np.asarray(fig.subplots(2, n, squeeze=False))
     for i in range(n):
         _show(axes[0, i], images[i])
-        axes[0, i].set_title(captions[i], fontsize=8)
+        axes[0, i].set_title(text(captions[i]), fontsize=8)
         _show(axes[1, i], images[i].mean(0, keepdim=True))  # the heat map reads best over a gray image
         axes[1, i].imshow(maps[i].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
     axes[0, 0].set_ylabel("image", fontsize=8)
     axes[1, 0].set_ylabel("Grad-CAM", fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(text(title), fontsize=9)
+    fig.set_label(title)
     fig.tight_layout()
     return fig

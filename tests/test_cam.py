@@ -68,8 +68,11 @@ def test_the_default_layer_is_the_last_one_with_feature_maps():
     largenet = cnnlab.get_model("largenet", (3, 32, 32)).eval()  # `pool` runs twice: its last call, 10x5x5
     cam = grad_cam(largenet, torch.randn(2, 3, 32, 32))
     assert cam.layer == "pool" and cam.raw.shape == (2, 5, 5)
-    with pytest.raises(UsageError, match="this model has none: it has no convolution layers"):
+    with pytest.raises(UsageError, match="larger than 1x1, and no layer of this model gives them"):
         grad_cam(cnnlab.get_model("seed-mlp", (1, 28, 28)), x)
+    whole = cnnlab.build("conv(16,28) relu flatten linear(10)", "1x28x28")  # a convolution over the whole image
+    with pytest.raises(UsageError, match="larger than 1x1"):
+        grad_cam(whole, x)
     with pytest.raises(UsageError, match="no layer 'conv9'"):
         grad_cam(seed_cnn, x, "conv9")
 
@@ -100,6 +103,36 @@ def test_frozen_weights_training_mode_and_wrong_layers():
     assert model.training  # restored after the eval-mode pass
     with pytest.raises(UsageError, match=r"'fc1' gives \(2, 32\): choose a convolution layer"):
         grad_cam(model, torch.randn(2, 3, 32, 32), "fc1")
+
+
+class Pair(nn.Module):
+    """A block that returns a tuple, as attention and recurrent layers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y, y.mean()
+
+
+class TupleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pair = Pair()
+        self.head = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        maps, _ = self.pair(x)
+        return self.head(torch.relu(maps).flatten(1))
+
+
+def test_a_layer_that_returns_a_tuple_is_explained_at_its_first_tensor():
+    torch.manual_seed(3)
+    model = TupleNet()
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(grad_cam(model, x, "pair").raw, grad_cam(model, x, "pair.conv").raw)
 
 
 def test_a_map_with_no_positive_evidence_is_zero():

@@ -62,10 +62,37 @@ def test_layer_weights_pick_the_first_convolution_or_an_mlps_first_layer():
     assert name == "1" and w.shape == (1000, 784)
     pooled = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 10))
     assert inside.layer_weights(pooled, (1, 28, 28)) is None  # its linear layer does not see the image
+
+    class HeadFirst(nn.Module):  # defines its classifier before its convolution
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 10)
+            self.conv = nn.Conv2d(1, 8, 3)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    assert inside.layer_weights(HeadFirst(), (1, 28, 28))[0] == "conv"
     name, w = inside.layer_weights(cnnlab.get_model("seed-cnn"), (1, 28, 28), "3")
     assert w.shape == (128, 64, 3, 3)
     with pytest.raises(UsageError, match="'2' has no convolution or linear weights"):
         inside.layer_weights(cnnlab.get_model("seed-cnn"), (1, 28, 28), "2")
+
+
+def test_featuremaps_leaves_out_a_convolution_the_forward_pass_never_calls(tmp_path):
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.spare = nn.Conv2d(4, 4, 3)  # defined, never called
+            self.fc = nn.Linear(4 * 26 * 26, 10)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    model = Unused()
+    x = torch.randn(1, 1, 28, 28)
+    assert set(inside.feature_maps(model, x, ["conv", "spare"])) == {"conv"}
 
 
 def test_filter_figures_draw_the_weights():
@@ -138,4 +165,6 @@ def test_views_of_an_mlp_run(tmp_path, capsys):
     assert main(["featuremaps", str(run.path), str(SAMPLE_IMAGE)]) == 2
     assert "the model has no convolution layers; name a layer with --layer" in capsys.readouterr().err
     assert main(["cam", str(run.path), str(SAMPLE_IMAGE)]) == 2
-    assert "no convolution layers" in capsys.readouterr().err
+    assert "Grad-CAM needs feature maps (N, channels, height, width) larger than 1x1" in capsys.readouterr().err
+    assert main(["filters", str(run.path), "--layer", "3"]) == 2  # the output layer: 1000 features, not pixels
+    assert "'3' is a linear layer on 1000 features, not on the 784 pixels of the image" in capsys.readouterr().err

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import os
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,7 +21,8 @@ from cnnlab.cli import main
 from cnnlab.data import BatchLoader
 from cnnlab.errors import UsageError
 from cnnlab.evaluate import collect_logits, load_run_data, run_model
-from cnnlab.report import SECTIONS, compare_report, findings, most_confident, one_per_class, report
+from cnnlab.report import compare_report, labels, report
+from cnnlab.sections import SECTIONS, findings, most_confident, one_per_class
 
 # Where the browser test keeps its screenshot (build/ is ignored by git).
 ARTIFACTS = Path(os.environ.get("CNNLAB_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "build" / "artifacts")
@@ -114,22 +117,57 @@ def test_report_command_and_its_errors(trained_run, tmp_path, capsys):
 
 
 def test_report_of_a_moved_folder_dataset(cifar_jpegs, tmp_path):
-    """A 3-channel run from a folder of images; the report follows the folder with --dataset."""
+    """A 3-channel run from a folder of images whose class names need escaping, in HTML and in
+    matplotlib ($...$ is mathematics there); the report follows the moved folder with `dataset`."""
     data = tmp_path / "pets"
     shutil.copytree(cifar_jpegs, data)
+    odd = "a$x_$ <b>&"
+    for split in ("train", "test"):
+        (data / split / "cat").rename(data / split / odd)
     run = cnnlab.train("largenet", f"folder:{data}", epochs=1, augment="crop+flip", out=tmp_path / "run",
-                       verbose=False, report=False)
+                       verbose=False)
+    written = (run.path / "report.html").read_text()  # by training; a matplotlib error would have left none
+    assert "<td>a$x_$ &lt;b&gt;&amp;</td>" in written and odd not in written
     moved = tmp_path / "moved"
     data.rename(moved)
     with pytest.raises(cnnlab.Error, match="pets"):
         report(run)
-    path = report(run, dataset=f"folder:{moved}")
-    page = path.read_text()
+    page = report(run, dataset=f"folder:{moved}").read_text()
     assert "as this run trained (--augment crop+flip)" in page
     assert 'alt="conv1: 5 filters of 3x5x5, in colour' in page and "Grad-CAM at pool, the last feature maps" in page
     pictures = images_of(page)
     colour = [p for p in pictures if p.mode == "RGB" and p.size == (32, 32)]
     assert len(colour) >= 16 + 30  # top losses and training samples in colour, at their own size
+
+
+def test_training_keeps_its_run_when_the_report_fails(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "r"
+    run = cnnlab.train("seed-mlp", "sample", subset=200, epochs=1, val_fraction=0.0, out=out, verbose=False)
+    assert "no validation split, so the last epoch is kept" in (out / "report.html").read_text()
+
+    def broken(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(importlib.import_module("cnnlab.report"), "report", broken)
+    run = cnnlab.train("seed-mlp", "sample", subset=200, epochs=1, out=out, overwrite=True, verbose=False)
+    assert run.metrics["test_accuracy"] > 0.1 and (out / "model.safetensors").exists()
+    assert not (out / "report.html").exists()  # the old run's page went with --overwrite
+    assert f"the report was not written (ValueError: boom); the run is saved. Try again with: cnnlab report {out}" in (
+        capsys.readouterr().err)
+
+
+def test_column_labels_are_distinct():
+    def fake(name: str, folder: str):
+        return SimpleNamespace(name=name, run=SimpleNamespace(path=Path("runs") / folder))
+
+    assert labels([fake("seed-cnn", "a"), fake("seed-mlp", "b")]) == ["seed-cnn", "seed-mlp"]
+    assert labels([fake("spec", "spec"), fake("spec", "spec-2")]) == ["spec", "spec-2"]  # compare's folders
+    assert labels([fake("spec", "x"), fake("spec", "x")]) == ["spec (1)", "spec (2)"]
+
+
+def test_compare_of_one_model_writes_its_own_report(tmp_path):
+    comparison = cnnlab.compare(["seed-mlp"], "sample", subset=200, epochs=1, out=tmp_path, verbose=False)
+    assert comparison.report is None and (tmp_path / "seed-mlp" / "report.html").exists()
 
 
 def test_compare_writes_one_page_side_by_side(tmp_path):

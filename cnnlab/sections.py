@@ -1,0 +1,264 @@
+"""The report's sections: what one run's report shows, each a function of the run's `Findings`
+(one test pass, the plain network, the data) that returns HTML. report.py lays them out.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import html
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from PIL import Image
+
+from . import inside, viz
+from .data import BatchLoader, ImageData
+from .data.augment import augment
+from .evaluate import EVAL_BATCH, Evaluation, collect_logits, evaluation_of, resolve_device, run_model
+from .errors import UsageError
+from .formatting import percent
+from .models import short_name
+from .runs import Run
+
+TOP_LOSSES = 16
+FEATURE_IMAGES = 3
+CAM_IMAGES = 6
+
+
+@dataclass
+class Findings:
+    """What a report shows of one run, computed once: the test logits and a few chosen images."""
+
+    run: Run
+    data: ImageData
+    evaluation: Evaluation
+    probabilities: torch.Tensor  # (N, classes) on the test split, as the run is judged (TTA included)
+    losses: torch.Tensor  # (N,) cross-entropy of each test image
+    model: torch.nn.Module  # the plain network with the best weights, for feature maps, filters, CAM
+
+    @property
+    def name(self) -> str:
+        return short_name(self.run.config["model"])
+
+
+def findings(run: Run, data: ImageData, device: str = "auto") -> Findings:
+    """Evaluate a run's best weights on the test split of its dataset `data`."""
+    target = resolve_device(device)
+    loader = BatchLoader(data.test, EVAL_BATCH, run.mean, run.std, device=target,
+                         channels_last=run.config["train"].get("channels_last", False))
+    model = run.build_model()  # building checks the model with a traced pass: once is enough
+    logits, labels = collect_logits(run_model(run, target, copy.deepcopy(model)), loader)  # (N, classes), (N,)
+    return Findings(
+        run=run, data=data, evaluation=evaluation_of(logits, labels, run.classes),
+        probabilities=logits.softmax(1), losses=F.cross_entropy(logits, labels, reduction="none"), model=model,
+    )
+
+
+def one_per_class(labels: torch.Tensor, count: int) -> list[int]:
+    """Indices of the first image of each class, in class order, then the next ones, up to `count`."""
+    first: dict[int, int] = {}
+    for i, label in enumerate(labels[: 100 * count].tolist()):
+        first.setdefault(label, i)
+    chosen = [first[c] for c in sorted(first)][:count]
+    taken = set(chosen)
+    rest = [i for i in range(min(len(labels), 2 * count)) if i not in taken][: count - len(chosen)]
+    return chosen + rest
+
+
+# --- HTML pieces ------------------------------------------------------------------------------------
+
+def esc(text: object) -> str:
+    return html.escape(str(text))
+
+
+def img(png: bytes, alt: str, cls: str = "") -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img class="{cls}" alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def figure(fig: Figure, alt: str) -> str:
+    return img(viz.png(fig), alt, "fig")
+
+
+def picture(image: torch.Tensor, alt: str) -> str:
+    """A uint8 image (C, H, W) as a small PNG, drawn large with square pixels by the style sheet."""
+    array = image.permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(buffer, format="PNG")
+    return img(buffer.getvalue(), alt, "px")
+
+
+def gallery(items: list[tuple[torch.Tensor, str]]) -> str:
+    cells = "".join(f"<figure>{picture(image, caption)}<figcaption>{esc(caption)}</figcaption></figure>"
+                    for image, caption in items)
+    return f'<div class="gallery">{cells}</div>'
+
+
+def loss(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+# --- the sections -----------------------------------------------------------------------------------
+
+def model_section(f: Findings) -> str:
+    path = f.run.path / "summary.txt"
+    text = path.read_text(encoding="utf-8") if path.exists() else "(summary.txt is missing)"
+    table, _, formulas = text.partition("How each number comes about:")
+    out = f"<pre>{esc(table.rstrip())}</pre>"
+    if formulas.strip():
+        out += f"<details><summary>How each number comes about</summary><pre>{esc(formulas.strip())}</pre></details>"
+    return out
+
+
+def training_section(f: Findings) -> str:
+    history, t = f.run.history, f.run.config["train"]
+    if f.run.config["data"]["val_images"] == 0:
+        best = "no validation split, so the last epoch is kept"
+    else:
+        scored = [r for r in history if not math.isnan(r.get("val_loss", math.nan))]
+        epoch = (f.run.metrics or {}).get("best_epoch") or (min(scored, key=lambda r: r["val_loss"])["epoch"]
+                                                             if scored else "-")
+        best = f"best epoch {epoch} (lowest validation loss)"
+    settings = (f"{t['optimizer']} lr {t['lr']:g}, batch {t['batch_size']}, {t['epochs']} epochs planned, "
+                f"{len(history)} run; {best}; {sum(r['seconds'] for r in history):.1f} s of training")
+    if not history:
+        return f"<p>{esc(settings)}</p><p>No epoch has finished yet.</p>"
+    rows = "".join(
+        f"<tr><td>{r['epoch']}</td><td>{loss(r.get('train_loss'))}</td><td>{percent(r.get('train_accuracy'))}</td>"
+        f"<td>{loss(r.get('val_loss'))}</td><td>{percent(r.get('val_accuracy'))}</td><td>{r['seconds']:.1f}</td></tr>"
+        for r in history)
+    table = ("<details><summary>Each epoch</summary><table><tr><th>epoch</th><th>train loss</th><th>train acc</th>"
+             f"<th>val loss</th><th>val acc</th><th>seconds</th></tr>{rows}</table></details>")
+    return f"<p>{esc(settings)}</p>{figure(viz.curves({f.name: history}), 'training curves')}{table}"
+
+
+def results_section(f: Findings) -> str:
+    ev = f.evaluation
+    rows = []
+    for name, acc, total in zip(ev.classes, ev.per_class_accuracy, map(sum, ev.confusion)):
+        bar = f'<span class="bar" style="width:{0 if acc is None else 100 * acc:.1f}%"></span>'
+        rows.append(f"<tr><td>{esc(name)}</td><td>{total:,}</td><td>{percent(acc)}</td>"
+                    f"<td class='barcell'>{bar}</td></tr>")
+    return (f'<p class="big">test accuracy <b>{percent(ev.accuracy)}</b> of {ev.count:,} images '
+            f"(loss {loss(ev.loss)})</p><table><tr><th>class</th><th>images</th><th>accuracy</th><th></th></tr>"
+            f"{''.join(rows)}</table>")
+
+
+def confusion_section(f: Findings) -> str:
+    ev = f.evaluation
+    pairs = sorted(((n, t, p) for t, row in enumerate(ev.confusion) for p, n in enumerate(row) if t != p and n),
+                   reverse=True)[:5]
+    items = "".join(
+        f"<li>{esc(ev.classes[t])} taken for {esc(ev.classes[p])}: {n:,} images "
+        f"({100 * n / max(1, sum(ev.confusion[t])):.1f}% of {esc(ev.classes[t])})</li>" for n, t, p in pairs)
+    listing = f"<p>Most confused (true → predicted):</p><ol>{items}</ol>" if pairs else "<p>No mistakes.</p>"
+    return figure(viz.confusion(ev.confusion, ev.classes), "confusion matrix") + listing
+
+
+def losses_section(f: Findings) -> str:
+    k = min(TOP_LOSSES, len(f.losses))
+    if k == 0:
+        return "<p>The test split is empty.</p>"
+    classes, test = f.run.classes, f.data.test
+    items = []
+    for i in f.losses.topk(k).indices.tolist():
+        predicted, true = int(f.probabilities[i].argmax()), int(test.y[i])
+        items.append((test.x[i], f"#{i}: true {classes[true]}, predicted {classes[predicted]} "
+                                 f"{f.probabilities[i, predicted]:.0%} (true class {f.probabilities[i, true]:.0%}), "
+                                 f"loss {f.losses[i]:.2f}"))
+    return "<p>The test images the model was most wrong about (highest loss).</p>" + gallery(items)
+
+
+def augmentation_section(f: Findings) -> str:
+    train = f.data.train
+    chosen = one_per_class(train.y, 10)
+    x = train.x[chosen]  # (n, C, H, W) uint8
+    mode = f.run.config["train"].get("augment", "none")
+    note = f"as this run trained (--augment {mode})"
+    if mode == "none":
+        mode, note = "crop+flip", "this run trained without augmentation; shown: what --augment crop+flip would do"
+    generator = torch.Generator().manual_seed(f.run.config["train"].get("seed", 0))
+    rows = [("training images", x)] + [(f"augmented, draw {d}", augment(x, mode, generator)) for d in (1, 2)]
+    names = [f.run.classes[int(c)] for c in train.y[chosen]]
+    out = f"<p>The same training images before and after augmentation, {esc(note)}.</p>"
+    for label, batch in rows:
+        out += f"<h4>{esc(label)}</h4>" + gallery(list(zip(batch, names)))
+    return out
+
+
+def filters_section(f: Findings) -> str:
+    found = inside.layer_weights(f.model, f.run.input_shape)
+    if found is None:
+        return "<p>This model has no convolution layer, nor a first linear layer on the whole image.</p>"
+    fig = inside.filter_figure(*found, f.run.input_shape)
+    return figure(fig, fig.get_label())
+
+
+def most_confident(labels: torch.Tensor, probabilities: torch.Tensor, count: int) -> list[int]:
+    """For each of the first `count` classes with test images, the image scored highest for its own class."""
+    chosen = []
+    for c in labels.unique().tolist()[:count]:
+        of_class = (labels == c).nonzero()[:, 0]  # (n_c,)
+        chosen.append(int(of_class[probabilities[of_class, c].argmax()]))
+    return chosen
+
+
+def _test_images(f: Findings, chosen: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    raw = f.data.test.x[chosen]  # (n, C, H, W) uint8
+    x = BatchLoader(f.data.test, 1, f.run.mean, f.run.std).normalize(raw)
+    return raw, x
+
+
+def featuremaps_section(f: Findings) -> str:
+    convs = inside.conv_layers(f.model)
+    if not convs:
+        return "<p>This model has no convolution layers, so it makes no feature maps.</p>"
+    # Lecture 002's way: images that score very high for their category, and what each layer makes of them.
+    chosen = most_confident(f.data.test.y, f.probabilities, FEATURE_IMAGES)
+    raw, x = _test_images(f, chosen)
+    maps = inside.feature_maps(f.model, x, convs)
+    kinds = dict(f.model.named_modules())
+    out = ("<p>Every convolution's output for the test image of each of the first classes that the model "
+           "scores highest for its own class.</p>")
+    for n, i in enumerate(chosen):
+        c = int(f.data.test.y[i])
+        name = f"test image #{i} ({f.run.classes[c]}, {f.probabilities[i, c]:.1%})"
+        out += f"<h4>{esc(name)}</h4>{picture(raw[n], name)}"
+        for layer in convs:
+            if layer in maps:
+                fig = inside.featuremap_figure(maps[layer][n], layer, type(kinds[layer]).__name__, f"#{i}",
+                                               inside.REPORT_CHANNELS)
+                out += figure(fig, fig.get_label())
+    return out
+
+
+def cam_section(f: Findings) -> str:
+    chosen = one_per_class(f.data.test.y, CAM_IMAGES)  # the first of each class: typical images, mistakes included
+    raw, x = _test_images(f, chosen)
+    try:
+        fig, cam = inside.cam_figure(f.model, raw.float() / 255, x, f.run.classes,
+                                     true=f.data.test.y[chosen].tolist(), names=[f"#{i}" for i in chosen])
+    except UsageError as exc:  # no feature maps larger than 1x1 (an MLP, a convolution over the whole image)
+        return f"<p>{esc(exc)}</p>"
+    return (f"<p>Grad-CAM at {esc(cam.layer)}, the last feature maps before the classifier, for the predicted "
+            f"class: red where the evidence for it lies.</p>{figure(fig, fig.get_label())}")
+
+
+Section = Callable[[Findings], str]
+SECTIONS: list[tuple[str, str, Section]] = [
+    ("model", "Model", model_section),
+    ("training", "Training", training_section),
+    ("results", "Test results", results_section),
+    ("confusion", "Confusion matrix", confusion_section),
+    ("losses", "Top losses", losses_section),
+    ("augmentation", "Training samples and augmentation", augmentation_section),
+    ("filters", "First layer's filters", filters_section),
+    ("featuremaps", "Feature maps", featuremaps_section),
+    ("cam", "Class-activation maps", cam_section),
+]
