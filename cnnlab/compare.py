@@ -95,10 +95,9 @@ def compare(
     ]
     page = None
     if report and len(runs) > 1 and all(runs):  # under torchrun the other ranks have no runs (None)
-        from .report import compare_report  # matplotlib is imported only when a report is written
+        from .report import after_comparison  # matplotlib is imported only when a report is written
 
-        # Each run's report.html and the side-by-side page, from one rendering of each run.
-        page = compare_report(runs, out / "report.html", data, device, each=True)
+        page = after_comparison(runs, out / "report.html", data, device)
     return Comparison(data.name, out, runs, page)
 
 

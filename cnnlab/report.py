@@ -141,11 +141,25 @@ def after_training(run: Run, data: ImageData, device: str, verbose: bool) -> Non
     try:
         path = report(run, data, device=device)
     except Exception as exc:  # noqa: BLE001 -- whatever it is, the trained run must not look failed
-        print(f"the report was not written ({type(exc).__name__}: {exc}); the run is saved. "
-              f"Try again with: cnnlab report {run.path}", file=sys.stderr)
+        _warn(exc, str(run.path))
         return
     if verbose:
         print(f"report: {path}\n")
+
+
+def after_comparison(runs: list[Run], out: Path, data: ImageData, device: str) -> Path | None:
+    """Each run's report.html and out, the runs side by side, when a comparison's training ends
+    (a failure is a warning, as in `after_training`)."""
+    try:
+        return compare_report(runs, out, data, device, each=True)
+    except Exception as exc:  # noqa: BLE001
+        _warn(exc, " ".join(str(r.path) for r in runs) + f" --out {out}")
+        return None
+
+
+def _warn(exc: Exception, runs: str) -> None:
+    print(f"the report was not written ({type(exc).__name__}: {exc}); the results are saved. "
+          f"Try again with: cnnlab report {runs}", file=sys.stderr)
 
 
 def _write(path: Path, text: str) -> Path:

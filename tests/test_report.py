@@ -152,7 +152,7 @@ def test_training_keeps_its_run_when_the_report_fails(tmp_path, monkeypatch, cap
     run = cnnlab.train("seed-mlp", "sample", subset=200, epochs=1, out=out, overwrite=True, verbose=False)
     assert run.metrics["test_accuracy"] > 0.1 and (out / "model.safetensors").exists()
     assert not (out / "report.html").exists()  # the old run's page went with --overwrite
-    assert f"the report was not written (ValueError: boom); the run is saved. Try again with: cnnlab report {out}" in (
+    assert f"the report was not written (ValueError: boom); the results are saved. Try again with: cnnlab report {out}" in (
         capsys.readouterr().err)
 
 
