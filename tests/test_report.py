@@ -110,7 +110,8 @@ def test_report_command_and_its_errors(trained_run, tmp_path, capsys):
     assert "is not a run folder" in capsys.readouterr().err
     (tmp_path / "a-file").write_text("")
     assert main(["report", str(trained_run.path), "--out", str(tmp_path / "a-file" / "page.html")]) == 2
-    expected = f"cannot write the report {tmp_path / 'a-file' / 'page.html'}: {tmp_path / 'a-file'} is a file, not a folder"
+    expected = (f"cannot write the report {tmp_path / 'a-file' / 'page.html'}: "
+                f"{tmp_path / 'a-file'} is a file, not a folder")
     assert expected in capsys.readouterr().err
     with pytest.raises(UsageError, match="at least two runs"):
         compare_report([trained_run], tmp_path / "one.html")
@@ -152,8 +153,9 @@ def test_training_keeps_its_run_when_the_report_fails(tmp_path, monkeypatch, cap
     run = cnnlab.train("seed-mlp", "sample", subset=200, epochs=1, out=out, overwrite=True, verbose=False)
     assert run.metrics["test_accuracy"] > 0.1 and (out / "model.safetensors").exists()
     assert not (out / "report.html").exists()  # the old run's page went with --overwrite
-    assert f"the report was not written (ValueError: boom); the results are saved. Try again with: cnnlab report {out}" in (
-        capsys.readouterr().err)
+    warning = ("the report was not written (ValueError: boom); the results are saved. "
+               f"Try again with: cnnlab report {out}")
+    assert warning in capsys.readouterr().err
 
 
 def test_column_labels_are_distinct():
