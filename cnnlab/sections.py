@@ -61,11 +61,9 @@ def findings(run: Run, data: ImageData, device: str = "auto") -> Findings:
 
 
 def one_per_class(labels: torch.Tensor, count: int) -> list[int]:
-    """Indices of the first image of each class, in class order, then the next ones, up to `count`."""
-    first: dict[int, int] = {}
-    for i, label in enumerate(labels[: 100 * count].tolist()):
-        first.setdefault(label, i)
-    chosen = [first[c] for c in sorted(first)][:count]
+    """Indices of the first image of each class, in class order, then the next ones, up to `count`.
+    (A folder's test split is sorted by class, so the first `count` images would be of one class.)"""
+    chosen = [int((labels == c).nonzero()[0]) for c in labels.unique().tolist()[:count]]
     taken = set(chosen)
     rest = [i for i in range(min(len(labels), 2 * count)) if i not in taken][: count - len(chosen)]
     return chosen + rest
@@ -219,6 +217,8 @@ def featuremaps_section(f: Findings) -> str:
     convs = inside.conv_layers(f.model)
     if not convs:
         return "<p>This model has no convolution layers, so it makes no feature maps.</p>"
+    if len(f.data.test) == 0:
+        return "<p>The test split is empty.</p>"
     # Lecture 002's way: images that score very high for their category, and what each layer makes of them.
     chosen = most_confident(f.data.test.y, f.probabilities, FEATURE_IMAGES)
     raw, x = _test_images(f, chosen)
@@ -239,6 +239,8 @@ def featuremaps_section(f: Findings) -> str:
 
 
 def cam_section(f: Findings) -> str:
+    if len(f.data.test) == 0:
+        return "<p>The test split is empty.</p>"
     chosen = one_per_class(f.data.test.y, CAM_IMAGES)  # the first of each class: typical images, mistakes included
     raw, x = _test_images(f, chosen)
     try:

@@ -92,6 +92,8 @@ def test_one_per_class():
     assert one_per_class(labels, 3) == [3, 2, 5]
     assert one_per_class(labels, 6) == [3, 2, 5, 0, 1, 4]
     assert one_per_class(torch.tensor([1, 1, 1]), 2) == [0, 1]
+    sorted_by_class = torch.arange(3).repeat_interleave(1000)  # a folder's test split: class by class
+    assert one_per_class(sorted_by_class, 3) == [0, 1000, 2000]
 
 
 def test_most_confident():
