@@ -6,10 +6,9 @@ CLI stays a thin layer and the same text can go into files and tests.
 
 from __future__ import annotations
 
-import math
-
 import io
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
