@@ -18,8 +18,9 @@ import io
 import json
 import math
 import os
+import pickle
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ import torch
 from safetensors.torch import load_model as load_safetensors, save_model
 from torch import nn
 
-from .errors import RunError
+from .errors import RunError, UsageError
+from .images import MAX_PIXELS
 from .models import load_model
+from .settings import Settings
 
 FORMAT_VERSION = 1
 HISTORY_FIELDS = [
@@ -100,11 +103,36 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+# What a checkpoint holds (save_checkpoint's caller writes it); "scheduler" is missing in older runs.
+CHECKPOINT_FIELDS: dict[str, tuple[type, ...]] = {
+    "model": (dict,), "optimizer": (dict,), "scheduler": (dict,), "rng": (torch.Tensor,), "epoch": (int,),
+    "best_val_loss": (float, int), "best_epoch": (int,), "bad_epochs": (int,),
+}
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's state, read without running any code it may hold (weights_only), its fields checked."""
+    path = Path(path)
+    again = "resume from a copy cnnlab wrote, or start the run again with --overwrite"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged file raises RuntimeError, EOFError, UnpicklingError, ...
-        raise RunError(f"{path} cannot be read as a cnnlab checkpoint ({exc})") from exc
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise RunError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except pickle.UnpicklingError as exc:  # torch's own text would suggest loading it unsafely: not shown
+        raise RunError(f"{path} is not a checkpoint cnnlab wrote: it holds Python objects other than tensors, "
+                       f"numbers and text (cnnlab never runs code from a checkpoint), or it is damaged; {again}"
+                       ) from exc
+    except Exception as exc:  # a damaged file raises RuntimeError, EOFError, ValueError, ...
+        raise RunError(f"{path} is damaged or truncated ({type(exc).__name__}); {again}") from exc
+    if not isinstance(state, dict):
+        raise RunError(f"{path} holds a {type(state).__name__}, not the state cnnlab saves; {again}")
+    for key, types in CHECKPOINT_FIELDS.items():
+        if key not in state and key != "scheduler" or key in state and not _is(state[key], types):
+            raise RunError(f"{path} lacks a valid {key!r} (found {type(state.get(key)).__name__}); {again}")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()) or min(
+            state["epoch"], state["best_epoch"], state["bad_epochs"]) < 0:
+        raise RunError(f"{path} holds impossible weights or epoch counts; {again}")
+    return state
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -112,8 +140,10 @@ def _read_json(path: Path) -> dict[str, Any]:
         value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise RunError(f"{path} is missing") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from exc
+    except OSError as exc:  # a folder of that name, no permission
+        raise RunError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested too deep to parse
+        raise RunError(f"{path} is not valid JSON ({str(exc)[:200]}); the run folder is damaged") from exc
     if not isinstance(value, dict):
         raise RunError(f"{path} does not hold a JSON object; the run folder is damaged")
     return value
@@ -159,26 +189,144 @@ class Run:
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
+    """history.csv's rows; each has a whole epoch number of 1 or more and its seconds."""
     if not path.exists():
         return []
+    damaged = f"{path} is damaged ({{}}); it should be the per-epoch table cnnlab writes: train the run again"
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
-        for row in rows:
-            row["epoch"] = int(row["epoch"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path} is damaged ({exc}); it should be the per-epoch table cnnlab writes") from exc
+    except OSError as exc:
+        raise RunError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except (ValueError, TypeError, csv.Error) as exc:  # not UTF-8, not numbers, more values than columns
+        raise RunError(damaged.format(str(exc)[:200])) from exc
+    for line, row in enumerate(rows, 2):
+        epoch, seconds = row.get("epoch", math.nan), row.get("seconds", math.nan)
+        if not (math.isfinite(epoch) and epoch == int(epoch) and epoch >= 1 and math.isfinite(seconds)):
+            raise RunError(damaged.format(f"line {line} needs a whole epoch of 1 or more and its seconds"))
+        row["epoch"] = int(epoch)
     return rows
 
 
 def open_run(path: str | Path) -> Run:
-    """Read a run folder written by `cnnlab train`."""
+    """Read a run folder written by `cnnlab train`, every field cnnlab reads checked."""
     path = Path(path)
     if not path.is_dir():
-        raise RunError(f"{path} is not a run folder (it does not exist); `cnnlab train --out {path}` makes one")
+        what = "it is a file" if path.exists() else "it does not exist"
+        raise RunError(f"{path} is not a run folder ({what}); `cnnlab train --out DIR` makes one")
     config = _read_json(path / "config.json")
     if config.get("format") != FORMAT_VERSION:
         raise RunError(f"{path} was written by an incompatible cnnlab (run format {config.get('format')!r})")
+    check_config(config, path / "config.json")
     metrics_path = path / "metrics.json"
     metrics = _read_json(metrics_path) if metrics_path.exists() else None
+    if metrics is not None:
+        _check_fields(metrics_path, "", metrics, METRICS_FIELDS, optional=set(METRICS_FIELDS))
     return Run(path, config, read_history(path / "history.csv"), metrics)
+
+
+# ------------------------------------------------------------------- what config.json must hold
+# The fields cnnlab reads and the JSON types each must have; a later version may make this a dataclass.
+
+NoneType = type(None)
+NUMBER = (int, float)
+CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
+    "format": (int,), "model": (str,), "parameters": (int,), "data": (dict,), "train": (dict,),
+}
+DATA_FIELDS: dict[str, tuple[type, ...]] = {
+    "dataset": (str,), "classes": (list,), "input_shape": (list,), "mean": (list,), "std": (list,),
+    "train_images": (int,), "val_images": (int,), "test_images": (int,),
+    "source": (str,), "data_dir": (str, NoneType), "image_size": (int, list, NoneType), "channels": (int, NoneType),
+    "skip_bad_images": (bool,),
+}
+DATA_OPTIONAL = {"source", "data_dir", "image_size", "channels", "skip_bad_images"}  # older runs lack them
+# "train" holds the Settings (types from their annotations, all optional: an older run gets the default) and:
+TRAIN_EXTRA: dict[str, tuple[type, ...]] = {"device": (str,), "processes": (int,)}
+_ANNOTATIONS: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": NUMBER, "str": (str,), "bool": (bool,), "int | None": (int, NoneType),
+    "float | None": (*NUMBER, NoneType), "str | None": (str, NoneType),
+}
+# metrics.json: every field optional (compare and the report use what is there); NaN is written as null.
+METRICS_FIELDS: dict[str, tuple[type, ...]] = {
+    "test_accuracy": (*NUMBER, NoneType), "best_epoch": (int, NoneType), "epochs_run": (int,),
+    "train_seconds": (*NUMBER, NoneType), "extra_accuracy": (dict,), "parameters": (int,), "classes": (list,),
+    "per_class_accuracy": (list,), "confusion": (list,), "count": (int,), "loss": (*NUMBER, NoneType),
+    "accuracy": (*NUMBER, NoneType), "split": (str,),
+}
+_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text", list: "a list",
+          dict: "an object", NoneType: "null"}
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    """isinstance, except that true and false are not numbers (JSON keeps them apart, Python does not)."""
+    return bool in types if isinstance(value, bool) else isinstance(value, types)
+
+
+def _found(value: Any) -> str:
+    text = json.dumps(value)
+    if value is None or isinstance(value, bool):
+        return text
+    kind = next(word for t, word in _WORDS.items() if _is(value, (t,)))
+    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _expected(types: tuple[type, ...]) -> str:
+    return " or ".join(_WORDS[t] for t in types if not (t is int and float in types))  # a number covers both
+
+
+def _damaged(path: Path, field: str, value: Any, expected: str) -> RunError:
+    return RunError(f"{path}: the field {field!r} holds {_found(value)}, but cnnlab expects {expected}. The file "
+                    "was edited or damaged: put back the value cnnlab wrote, or train the run again")
+
+
+def _check_fields(path: Path, prefix: str, obj: dict[str, Any], table: dict[str, tuple[type, ...]],
+                  optional: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    for key, types in table.items():
+        if key not in obj:
+            if key not in optional:
+                raise RunError(f"{path} lacks the field {prefix + key!r}; the run folder is damaged or was written "
+                               "by another program: train the run again")
+        elif not _is(obj[key], types):
+            raise _damaged(path, prefix + key, obj[key], _expected(types))
+
+
+def check_config(config: dict[str, Any], path: Path) -> None:
+    """Refuse a config.json whose fields have the wrong JSON type or an impossible value, naming the field."""
+    _check_fields(path, "", config, CONFIG_FIELDS)
+    if config["parameters"] < 0:
+        raise _damaged(path, "parameters", config["parameters"], "a count of 0 or more")
+    data = config["data"]
+    _check_fields(path, "data.", data, DATA_FIELDS, DATA_OPTIONAL)
+    classes, shape = data["classes"], data["input_shape"]
+    if len(classes) < 2 or not all(_is(c, (str,)) and c for c in classes) or len(set(classes)) < len(classes):
+        raise _damaged(path, "data.classes", classes, "a list of 2 or more different class names")
+    if len(shape) != 3 or not all(_is(v, (int,)) and v >= 1 for v in shape) or shape[1] * shape[2] > MAX_PIXELS:
+        raise _damaged(path, "data.input_shape", shape,
+                       f"[channels, height, width], each 1 or more and at most {MAX_PIXELS:,} pixels")
+    for key in ("mean", "std"):
+        values = data[key]
+        if len(values) != shape[0] or not all(_is(v, NUMBER) and math.isfinite(v) for v in values) \
+                or (key == "std" and min(values) <= 0):
+            sign = "positive" if key == "std" else "finite"
+            raise _damaged(path, f"data.{key}", values, f"{shape[0]} {sign} number(s), one per input channel")
+    for key in ("train_images", "val_images", "test_images"):
+        if data[key] < 0:
+            raise _damaged(path, f"data.{key}", data[key], "a count of 0 or more")
+    _check_train(config["train"], path)
+
+
+def _check_train(train: dict[str, Any], path: Path) -> None:
+    types = {f.name: _ANNOTATIONS[str(f.type)] for f in fields(Settings)} | TRAIN_EXTRA
+    for key, value in train.items():
+        if key not in types:
+            raise RunError(f"{path}: 'train.{key}' is no setting this cnnlab knows (written by a newer version, or "
+                           "edited?); remove the field, or use the cnnlab that trained the run")
+        if not _is(value, types[key]):
+            raise _damaged(path, f"train.{key}", value, _expected(types[key]))
+    if train.get("processes", 1) < 1:
+        raise _damaged(path, "train.processes", train["processes"], "1 or more")
+    try:
+        Settings(**{k: v for k, v in train.items() if k not in TRAIN_EXTRA}).check()
+    except UsageError as exc:  # its message names the flag; the field has the flag's name
+        raise RunError(f"{path}: the training settings in its 'train' fields are impossible: {exc}. The file "
+                       "was edited or damaged: put back the values cnnlab wrote, or train the run again") from exc
