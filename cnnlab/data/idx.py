@@ -10,6 +10,7 @@ Every check raises `DataError` (never `assert`, so the checks hold under `python
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -74,7 +75,8 @@ def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
         raise DataError(f"{path} is truncated inside its header; {_REDOWNLOAD}")
     shape = struct.unpack(f">{ndim}I", data[4:header_size])
     dtype = _DTYPES[type_code]
-    expected_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a damaged header can promise more values than int64 holds (np.prod would wrap).
+    expected_bytes = math.prod(shape) * dtype.itemsize
     body = len(data) - header_size
     dims = " x ".join(str(d) for d in shape)
     if body < expected_bytes:
@@ -107,6 +109,9 @@ def read_idx_pair(
         )
     if labels.ndim != 1:
         raise DataError(f"{labels_path} holds labels of shape {labels.shape}; expected one label per image")
+    if 0 in images.shape:
+        raise DataError(f"{images_path} holds no images (its header says {' x '.join(map(str, images.shape))}); "
+                        f"{_REDOWNLOAD}")
     if len(images) != len(labels):
         raise DataError(
             f"{images_path} has {len(images):,} images but {labels_path} has {len(labels):,} labels; "
