@@ -349,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import Error, Interrupted
 
+    for stream in (sys.stdout, sys.stderr):  # paths given on Linux may hold bytes that are not UTF-8
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         args.func(args)
     except Interrupted as exc:

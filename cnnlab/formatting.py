@@ -9,12 +9,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .arithmetic import shape_text
 
@@ -26,6 +28,13 @@ if TYPE_CHECKING:  # only for annotations: training imports this module to print
 
 FORMATS = ("table", "markdown", "json")
 Column = tuple[str, str, Callable[[Any], str]]  # (key, header, formatter)
+
+
+def printable(text: object) -> str:
+    """Text that prints and encodes as UTF-8 everywhere: a file name's bytes that are not UTF-8 (Linux keeps
+    them as lone surrogates) and control characters other than newline and tab each become U+FFFD."""
+    return "".join("\ufffd" if unicodedata.category(ch) in ("Cs", "Cc") and ch not in "\n\t" else ch
+                   for ch in str(text))
 
 
 def percent(value: float | None) -> str:
@@ -82,11 +91,11 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[Column], fmt: str = 
         lines.append("|" + "|".join("---:" if f in NUMERIC else "---" for _, _, f in columns) + "|")
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
         return "\n".join(lines)
-    t = Table(title=title or None, box=box.SIMPLE_HEAVY, title_justify="left")
+    t = Table(title=Text(title) if title else None, box=box.SIMPLE_HEAVY, title_justify="left")
     for header, (_, _, f) in zip(headers, columns):
         t.add_column(header, justify="right" if f in NUMERIC else "left")
     for row in cells:
-        t.add_row(*row)
+        t.add_row(*map(Text, row))  # Text: a class or file name such as "[red]" is not rich markup
     console = Console(file=io.StringIO(), width=200, highlight=False)
     console.print(t)
     return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()).strip("\n")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model as load_safetensors, save_model
+from safetensors.torch import load as parse_safetensors, save_model
 from torch import nn
 
 from .errors import RunError, UsageError
@@ -96,6 +96,20 @@ def write_history(path: str | Path, rows: list[dict[str, float]]) -> None:
 def save_weights(model: nn.Module, path: str | Path) -> None:
     """Save a model's parameters and buffers as safetensors (shared tensors stored once)."""
     atomic_write(path, lambda tmp: save_model(model, tmp))
+
+
+def load_safetensors(model: nn.Module, path: str | Path, device: str = "cpu") -> None:
+    """safetensors' load_model (every name and shape must fit; tensors saved once for several names
+    fill them all), from bytes that Python reads: safetensors cannot open a path that is not UTF-8."""
+    state = parse_safetensors(Path(path).read_bytes())
+    own = model.state_dict()
+    loaded = {own[k].data_ptr() for k in state if k in own}
+    missing = [k for k in own if k not in state and own[k].data_ptr() not in loaded]  # a tied tensor was filled
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise RunError(f"{path} does not hold the model's weights: missing {', '.join(missing) or 'none'}, "
+                       f"unexpected {', '.join(unexpected) or 'none'}")
+    model.load_state_dict(state, strict=False)  # shapes are checked here; the device is the model's
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

@@ -22,7 +22,7 @@ from .data import BatchLoader, ImageData
 from .data.augment import augment
 from .evaluate import EVAL_BATCH, Evaluation, collect_logits, evaluation_of, resolve_device, run_model
 from .errors import UsageError
-from .formatting import percent
+from .formatting import percent, printable
 from .models import short_name
 from .runs import Run
 
@@ -72,7 +72,8 @@ def one_per_class(labels: torch.Tensor, count: int) -> list[int]:
 # --- HTML pieces ------------------------------------------------------------------------------------
 
 def esc(text: object) -> str:
-    return html.escape(str(text))
+    """Text for HTML: escaped, and printable (a name's bytes that are not UTF-8 could not be written)."""
+    return html.escape(printable(text))
 
 
 def img(png: bytes, alt: str, cls: str = "") -> str:

@@ -19,14 +19,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .errors import ImageError
+from .formatting import printable
 from .runs import atomic_write, why_not_written
 
 DPI = 100
 
 
 def text(value: object) -> str:
-    """Text for a figure, shown as it is: matplotlib reads $...$ as mathematics (a class called US$_5$)."""
-    return str(value).replace("$", r"\$")
+    """Text for a figure, shown as it is: matplotlib reads $...$ as mathematics (a class called US$_5$),
+    and cannot draw the bytes of a file name that are not UTF-8 (`printable` replaces them)."""
+    return printable(value).replace("$", r"\$")
 
 
 def png(fig: Figure, dpi: int = DPI) -> bytes:

@@ -18,6 +18,7 @@ import torch
 
 from .. import images
 from ..errors import DataError, ImageError, UsageError
+from ..formatting import printable
 from .dataset import ImageData, Split
 
 
@@ -38,12 +39,29 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _class_folders(root: Path) -> dict[str, list[Path]]:
-    """{class name: image files} for each sub-folder of `root` that holds images."""
-    classes = {}
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    """{class name: image files} for each sub-folder of `root` (hidden ones skipped).
+
+    A sub-folder without images is an error, not left out: the classes would change unseen. Class
+    names are the folder names made printable (bytes that are not UTF-8 become U+FFFD), so they can
+    be shown, drawn and written to config.json; the files keep their real paths."""
+    try:
+        subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise DataError(f"cannot list the class folders in {root}: {exc.strerror or exc}") from exc
+    classes: dict[str, list[Path]] = {}
+    folders: dict[str, Path] = {}
+    for sub in subs:
         files = _image_files(sub)
-        if files:
-            classes[sub.name] = files
+        if not files:
+            raise DataError(
+                f"the class folder {sub} holds no image files ({', '.join(images.IMAGE_EXTENSIONS)}); put the "
+                f"class's images in it, or move it out of {root} (a name starting with '.' is skipped too)"
+            )
+        name = printable(sub.name)
+        if name in classes:
+            raise DataError(f"the class folders {folders[name]} and {sub} differ only in bytes that are not "
+                            f"UTF-8 and would both be class {name!r}; rename one")
+        classes[name], folders[name] = files, sub
     return classes
 
 
@@ -149,8 +167,10 @@ def load_folder(
 
     size = _image_size(image_size, [f for files in train_classes.values() for f in files], skip_bad)
     train, test = _decode([train_classes, test_classes], names, size, channels, skip_bad)
-    if not train:
-        raise DataError(f"no readable training images in {root}")
+    unseen = sorted(set(names) - {names[label] for _, label in train})
+    if unseen:  # every file of these classes was unreadable and left out (--skip-bad-images)
+        raise DataError(f"the classes {', '.join(unseen)} of {root} have no readable training images (every one "
+                        "was left out by --skip-bad-images); add readable images, or remove those class folders")
     if not test:
         raise DataError(
             f"{root} gives no test images: give each class at least 2 images (a share is held out "
