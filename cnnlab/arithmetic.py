@@ -371,8 +371,8 @@ def size_answer(size: int, kernel: int, stride: int = 1, padding: int = 0, dilat
 
 def padding_answer(kernel: int, stride: int = 1, dilation: int = 1, size: int | None = None) -> list[str]:
     """The padding that keeps the size (stride 1) or gives ceil(size/stride), checked on `size`."""
-    if min(kernel, stride, dilation) < 1:
-        raise ArchitectureError("kernel, stride and dilation must be 1 or more")
+    if min(kernel, stride, dilation, 1 if size is None else size) < 1:
+        raise ArchitectureError("kernel, stride, dilation and size must be 1 or more")
     try:
         before, after, why = same_padding(kernel, stride, dilation, size)
     except ValueError as exc:
@@ -391,6 +391,8 @@ def pool_answer(factor: int, size: int | None = None) -> list[str]:
     """A pooling that downsamples by `factor`, and the tempting one that does not."""
     if factor < 2:
         raise ArchitectureError("a downsampling factor is 2 or more")
+    if size is not None and size < 1:
+        raise ArchitectureError(f"--size {size}: an input is 1 pixel or more")
     lines = [f"maxpool({factor}): kernel {factor}, stride {factor} (the default stride is the kernel): windows "
              f"tile the input without gaps or overlap, so each side is divided by {factor}, rounded down"]
     if size is not None:

@@ -43,6 +43,23 @@ def _shape_lines(spec: str, input_shape: str | None) -> list[str]:
     return lines
 
 
+def _check_flags(**flags: tuple[int | None, int, int]) -> None:
+    """Refuse a flag outside [low, high], naming the flag (steps.py would name the step's argument)."""
+    from .errors import UsageError
+
+    for name, (value, low, high) in flags.items():
+        if value is not None and not low <= value <= high:
+            raise UsageError(f"--{name} must be from {low} to {high:,}, not {value:,}")
+
+
+def _step_flags(args: argparse.Namespace, **sizes: int | None) -> None:
+    """The window flags of conv and pool, and --limit, in the ranges steps.py accepts."""
+    from .steps import MAX_PADDING, MAX_SIZE
+
+    _check_flags(**{k: (v, 1, MAX_SIZE) for k, v in sizes.items()}, padding=(args.padding, 0, MAX_PADDING),
+                 limit=(args.limit, 0, 10**9))
+
+
 def _grad(value: str | None):
     from .steps import parse_matrix
 
@@ -53,6 +70,7 @@ def cmd_conv(args: argparse.Namespace) -> None:
     from . import steps
     from .errors import UsageError
 
+    _step_flags(args, stride=args.stride, dilation=args.dilation)
     kernel = steps.parse_matrix(args.kernel) if args.kernel else None
     given = {"stride": args.stride, "padding": args.padding, "dilation": args.dilation}
     if args.chain:
@@ -70,6 +88,7 @@ def cmd_pool(args: argparse.Namespace) -> None:
     from . import steps
     from .errors import UsageError
 
+    _step_flags(args, size=args.size, stride=args.stride, dilation=args.dilation)
     if args.avg and args.dilation is not None:
         raise UsageError("average pooling has no dilation (nn.AvgPool2d has none); drop --dilation or --avg")
     settings = [str(args.size), f"padding={args.padding}", f"ceil_mode={str(args.ceil).lower()}"]

@@ -216,12 +216,14 @@ def predict(
     device: str = "auto",
 ) -> list[Prediction]:
     """Classify image files of any size and mode with a run's model (converted by `prepare_images`)."""
+    if topk < 1:
+        raise UsageError(f"--top-k {topk}: show 1 or more classes per image")
     run = run if isinstance(run, Run) else open_run(run)
     target = resolve_device(device)
     model = run_model(run, target)
     _, x = prepare_images(run, paths, invert)
     probabilities = model(x.to(target)).float().softmax(1).cpu()  # (N, classes)
-    k = max(1, min(topk, len(run.classes)))
+    k = min(topk, len(run.classes))
     values, indices = probabilities.topk(k, dim=1)
     return [
         Prediction(str(p), [(run.classes[i], v) for v, i in zip(vs.tolist(), ix.tolist())])

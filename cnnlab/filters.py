@@ -93,13 +93,13 @@ def resolve(kernel: str | np.ndarray) -> tuple[str, np.ndarray | None]:
     """A kernel name ('sobel-x', 'box:7', 'gaussian:5'), matrix text ('1 0; 0 -1') or array ->
     (label, weights); weights is None for 'sobel', the gradient magnitude."""
     if isinstance(kernel, np.ndarray):
-        return "custom", kernel.astype(np.float64)
+        return "custom", _checked(kernel.astype(np.float64))
     name = kernel.strip().lower()
     if name == SOBEL:
         return SOBEL, None
     if name in KERNELS:
         return name, KERNELS[name].matrix
-    m = re.fullmatch(r"(box|gaussian):(\d+)", name)
+    m = re.fullmatch(r"(box|gaussian):(-?\d+)", name)
     if m:
         n = int(m.group(2))
         if not 1 <= n <= 255:
@@ -110,9 +110,22 @@ def resolve(kernel: str | np.ndarray) -> tuple[str, np.ndarray | None]:
 
     if re.search(r"\d", name) or is_file(kernel):
 
-        return "custom", parse_matrix(kernel).astype(np.float64)
+        return "custom", _checked(parse_matrix(kernel).astype(np.float64))
     raise UsageError(f"unknown kernel {kernel!r}; named kernels: {', '.join(kernel_names())}, box:N, "
                      "gaussian:N; or write the matrix, e.g. \"1 0 -1; 2 0 -2; 1 0 -1\"")
+
+
+# The most that a kernel's largest weight times its size may be: pixels are in [0, 1], so every output stays far inside float32.
+MAX_WEIGHT_SUM = 1e9
+
+
+def _checked(weights: np.ndarray) -> np.ndarray:
+    """A custom kernel whose outputs can be computed and shown: finite weights of a sane size."""
+    total = float(np.abs(weights).max(initial=0.0)) * weights.size  # an upper bound that cannot overflow as a sum can
+    if not np.isfinite(weights).all() or total > MAX_WEIGHT_SUM:
+        raise UsageError(f"the kernel's weights are too large (up to {total:.3g} in absolute value, summed over the "
+                         f"window; at most {MAX_WEIGHT_SUM:.0e}): the filtered values would overflow. Use smaller weights")
+    return weights
 
 
 def _padding(kernel: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .arithmetic import shape_text
+from .errors import UsageError
 
 
 if TYPE_CHECKING:  # only for annotations: training imports this module to print its banner
@@ -172,6 +173,8 @@ def summary_rows(s: Summary, depth: int) -> list[dict[str, Any]]:
 
 def summary_table(s: Summary, fmt: str = "table", depth: int = 3, explain: bool = False) -> str:
     """The summary as a terminal table, markdown or JSON; `explain` adds every layer's formulas."""
+    if depth < 0:
+        raise UsageError(f"--depth {depth}: give 0 (the whole model in one row) or more")
     rows = summary_rows(s, depth)
     if fmt == "json":
         return to_json({
@@ -232,3 +235,29 @@ def _explanations(s: Summary) -> str:
             lines.append("    no parameters" if lines else "    shape unchanged, no parameters")
         blocks.append("\n".join([head, *lines]))
     return "\n\n".join(blocks)
+
+
+def machine_info(facts: dict[str, Any], fmt: str = "table") -> str:
+    """`cnnlab info`: versions, device, CPU capability, threads, precision and speed (machine.info)."""
+    if fmt == "json":
+        return to_json(facts)
+    yes_no = {True: "yes", False: "no", None: "cannot tell"}
+    onednn = facts["onednn"]
+    rows = [
+        ("versions", ", ".join(f"{name} {version or '-'}" for name, version in facts["versions"].items())),
+        ("platform", f"{facts['platform']} ({facts['machine']})"),
+        ("device", facts["device"] + (f"; CUDA: {', '.join(facts['cuda'])}" if facts["cuda"] else "; no CUDA GPU")),
+        ("CPU capability", f"{facts['cpu_capability']} (the kernels PyTorch dispatches); native bf16: "
+                           f"{yes_no[facts['cpu_bf16']]}"),
+        ("oneDNN", f"{onednn['version'] or '-'}, limited to {onednn['max_cpu_isa']}" if onednn["max_cpu_isa"]
+         else f"{onednn['version'] or '-'}, every ISA of the CPU"),
+        ("environment", ", ".join(f"{k}={v}" for k, v in facts["env"].items()) or "-"),
+        ("threads", f"{facts['threads']} (inter-op {facts['interop_threads']}) on {facts['cores']} cores"),
+        ("precision", f"the fast recipes train in {facts['precision']['auto']} here: {facts['precision']['why']}"),
+    ]
+    speed = facts.get("fast_cnn_28_images_per_second")
+    if speed:
+        rows.append(("speed", "fast-cnn-28 training at batch 256: "
+                     + ", ".join(f"{n:,} images/s in {p}" for p, n in speed.items())))
+    columns: list[Column] = [("what", "", plain), ("value", "", plain)]
+    return table([{"what": k, "value": v} for k, v in rows], columns, fmt)

@@ -98,13 +98,12 @@ def parse_matrix(text: str | Path) -> np.ndarray:
 
 
 def _checked_int(name: str, key: str, word: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,6}", word):
-        raise UsageError(f"{name}: {key} must be a whole number, not {word[:20]!r}")
-    value = int(word)
     low, high = (0, MAX_PADDING) if key == "padding" else (1, MAX_SIZE)
-    if not low <= value <= high:
-        raise UsageError(f"{name}: {key} must be from {low} to {high:,}, not {value:,}")
-    return value
+    if not re.fullmatch(r"[+-]?[0-9]+", word):
+        raise UsageError(f"{name}: {key} must be a whole number, not {word[:20]!r}")
+    if len(word.lstrip("+-")) > 6 or not low <= int(word) <= high:  # the length first: int() of 5,000 digits fails
+        raise UsageError(f"{name}: {key} must be from {low} to {high:,}, not {word[:20]}")
+    return int(word)
 
 
 def parse_steps(text: str) -> list[tuple[str, Args]]:

@@ -370,8 +370,8 @@ def summary(model: str | nn.Module, input_shape: str | Shape | None = None, num_
         else:
             raise UsageError("give the input shape, e.g. --input 1x28x28 (CxHxW) or --input 784 (features)")
     shape = parse_shape(input_shape)
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be 1 or more, got {batch_size}")
+    if not 1 <= batch_size <= 1_000_000:  # counts scale with N; a real-zeros trace would need N inputs' memory
+        raise UsageError(f"--batch-size must be from 1 to 1,000,000, got {batch_size:,}")
     net = load_model(model, shape, num_classes)
     name = short_name(model) if isinstance(model, str) else type(model).__name__
     return summarize(net, shape, batch_size, name)

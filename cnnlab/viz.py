@@ -42,6 +42,8 @@ def png(fig: Figure, dpi: int = DPI) -> bytes:
 def save(fig: Figure, path: str | Path) -> Path:
     """Write the figure to a PNG file atomically."""
     path = Path(path)
+    if path.suffix.lower() != ".png":  # the bytes are PNG: another ending would mislabel them
+        raise ImageError(f"{path}: figures are written as PNG files; end the name with .png")
     data = png(fig)
     try:
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))

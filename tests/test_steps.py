@@ -190,10 +190,10 @@ def test_parse_matrix_errors(text, message):
 @pytest.mark.parametrize(
     ("chain", "message"),
     [("blur(3)", "cannot read the step"), ("maxpool(2, size=3)", "maxpool takes kernel"),
-     ("conv(stride=-1)", "whole number"), ("", "no steps"), ("relu(1)", "no arguments"),
+     ("conv(stride=-1)", "from 1 to 10,000, not -1"), ("", "no steps"), ("relu(1)", "no arguments"),
      ("maxpool(2, ceil_mode=maybe)", "true or false"), ("conv(stride=2, stride=3)", "given twice"),
      ("maxpool(kernel=3, 2)", "after named ones"), ("pad(99999)", "from 0 to 1,000"),
-     ("maxpool(2, stride=0)", "from 1 to 10,000"), ("conv(stride=99999999999999999999)", "whole number"),
+     ("maxpool(2, stride=0)", "from 1 to 10,000"), ("conv(stride=99999999999999999999)", "from 1 to 10,000, not 9999"),
      ("conv(stride=\u00b2)", "whole number")],
 )
 def test_parse_steps_errors(chain, message):
