@@ -18,8 +18,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cnnlab demo
 
+# The suite, then the tests marked `dispatch` (training whose numbers depend on the CPU's arithmetic) again
+# with PyTorch and oneDNN limited to AVX2: no AVX-512, AMX or native bf16, as on most users' CPUs, so a
+# developer's newer CPU checks the common case too. tests/test_dispatch.py fails that run if the limit did
+# not take. The limit names x86-64 instruction sets; other CPUs run the suite once.
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+ifeq ($(shell uname -m),x86_64)
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q -m dispatch
+endif
 
 # The report's browser test opens report.html in Chromium: Debian's package, installed where apt-get
 # can run (as root, or with sudo that asks no password). Elsewhere the test is skipped and says why.

@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import cnnlab
+from cnnlab import machine
 from cnnlab.data import BatchLoader, load_dataset, train_val_split
 from cnnlab.errors import Interrupted, RunError, TrainingError, UsageError
 from cnnlab.evaluate import loss_and_accuracy
@@ -22,6 +23,7 @@ from cnnlab.settings import lr_factor
 train_module = importlib.import_module("cnnlab.train")  # the module; cnnlab.train is the function
 
 
+@pytest.mark.dispatch
 def test_seed_cnn_learns_2000_fashion_mnist_images(trained_run):
     """The session's trained run: seed-cnn, 2,000 sample images (1,800 train / 200 val), 3 epochs."""
     assert trained_run.history[-1]["val_accuracy"] >= 0.80
@@ -72,6 +74,7 @@ def test_a_spec_file_is_stored_as_text(tmp_path):
     assert run.config["model"] == "flatten linear(2)" and cnnlab.open_run(run.path).build_model() is not None
 
 
+@pytest.mark.dispatch
 def test_best_weights_are_kept(tmp_path):
     """model.safetensors holds the epoch with the lowest validation loss, not the last one."""
     data = load_dataset("sample")
@@ -86,12 +89,14 @@ def test_best_weights_are_kept(tmp_path):
     assert loss == pytest.approx(losses[best], rel=1e-5)
 
 
+@pytest.mark.dispatch
 def test_early_stopping(tmp_path):
     run = cnnlab.train("seed-mlp", "sample", subset=300, epochs=40, lr=3e-3, patience=2,
                        out=tmp_path / "r", verbose=False, report=False)
     assert len(run.history) == run.metrics["best_epoch"] + 2 < 40
 
 
+@pytest.mark.dispatch
 def test_same_seed_same_numbers(tmp_path):
     kwargs = dict(subset=600, epochs=2, verbose=False)
     a = cnnlab.train("small-cnn-28", "sample", seed=5, out=tmp_path / "a", **kwargs, report=False)
@@ -131,7 +136,8 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatc
         return real_cross_entropy(*args, **kw)
 
     monkeypatch.setattr(train_module.F, "cross_entropy", interrupt_in_epoch_2)
-    with pytest.raises(Interrupted, match=r"interrupted in epoch 2; epochs 1-1 are saved .* --resume"):
+    with pytest.raises(Interrupted, match=r"interrupted in epoch 2 of 3; it goes on from its last checkpoint "
+                                          r"\(the end of epoch 1\) with: cnnlab train --resume"):
         cnnlab.train("seed-cnn", "sample", out=tmp_path / "cut", **kwargs, report=False)
     monkeypatch.setattr(train_module.F, "cross_entropy", real_cross_entropy)
     assert len(cnnlab.open_run(tmp_path / "cut").history) == 1
@@ -175,13 +181,16 @@ def test_fast_recipe_with_another_optimizer(tmp_path):
     assert run.config["train"]["schedule"] == "onecycle"  # the rest of the recipe stays
 
 
+@pytest.mark.dispatch
 def test_fast_path_learns_and_records_its_settings(tmp_path):
     run = cnnlab.train(None, "sample", recipe="fast", subset=2000, epochs=3, batch_size=64, out=tmp_path / "r",
                        verbose=False, report=False)
     assert run.config["model"] == "fast-cnn-28"
     train_settings = run.config["train"]
+    chosen = machine.choose_precision("auto", torch.device("cpu"))  # bf16 only where the CPU has it natively
     assert (train_settings["recipe"], train_settings["schedule"], train_settings["precision"]) == (
-        "fast", "onecycle", "bf16")
+        "fast", "onecycle", chosen.precision)
+    assert run.config["precision"]["asked"] == "auto" and run.config["precision"]["why"]
     assert 0 < run.history[-1]["lr"] < 0.2 / 50  # the one-cycle schedule's last step (1,800 images, 87 steps)
     assert run.metrics["test_accuracy"] >= 0.75
 
@@ -208,6 +217,7 @@ def test_bad_settings(tmp_path, kwargs, message):
         cnnlab.train("seed-mlp", "sample", out=tmp_path / "r", verbose=False, **kwargs, report=False)
 
 
+@pytest.mark.dispatch
 def test_sgd_and_no_normalization(tmp_path):
     run = cnnlab.train("seed-mlp", "sample", subset=1000, epochs=1, optimizer="sgd", lr=0.05, normalize=False,
                        out=tmp_path / "r", verbose=False, report=False)
