@@ -12,8 +12,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .data import load_dataset
 from .errors import UsageError
+from .evaluate import resolve_device
 from .models import short_name
 from .runs import Run
 from .recipes import settings_for
@@ -67,9 +69,12 @@ def compare(
     verbose: bool = True,
     report: bool = True,
     **settings: Any,
-) -> Comparison:
+) -> Comparison | None:
     """Train each of `models` on `dataset` with the same settings; runs go to out/<model>, and with
-    `report` each run's report.html and out/report.html, the runs side by side."""
+    `report` each run's report.html and out/report.html, the runs side by side.
+
+    Started by torchrun, every rank trains each model with the others in one process group (see
+    `train`); rank 0 alone writes and returns the Comparison, the other ranks return None."""
     if not models:
         raise UsageError("name at least one model to compare")
     if len(set(models)) != len(models):
@@ -85,23 +90,30 @@ def compare(
     for model in models:  # two specs are both "spec": number them
         name = short_name(model)
         folders.append(name if name not in folders else f"{name}-{len(folders) + 1}")
-    runs = [
-        train(
-            model, data, data_dir=data_dir, image_size=image_size, channels=channels,
-            skip_bad_images=skip_bad_images, out=out / folder, overwrite=overwrite, device=device, verbose=verbose,
-            report=report and len(models) == 1, **settings,
-        )
-        for model, folder in zip(models, folders)
-    ]
+    ctx = distributed.setup(resolve_device(device))
+    try:
+        runs = [
+            train(
+                model, data, data_dir=data_dir, image_size=image_size, channels=channels,
+                skip_bad_images=skip_bad_images, out=out / folder, overwrite=overwrite, device=device,
+                verbose=verbose, report=report and len(models) == 1, **settings,
+            )
+            for model, folder in zip(models, folders)
+        ]
+    finally:
+        distributed.teardown(ctx)
+    if any(run is None for run in runs):  # a rank other than 0 under torchrun: rank 0 has the runs
+        return None
     page = None
-    if report and len(runs) > 1 and all(runs):  # under torchrun the other ranks have no runs (None)
+    if report and len(runs) > 1:
         from .report import after_comparison  # matplotlib is imported only when a report is written
 
         page = after_comparison(runs, out / "report.html", data, device)
     return Comparison(data.name, out, runs, page)
 
 
-def demo(out: str | Path = "runs/demo", device: str = "auto", verbose: bool = True, report: bool = True) -> Comparison:
-    """Lecture 001's MLP vs CNN on the Fashion-MNIST sample shipped with cnnlab."""
+def demo(out: str | Path = "runs/demo", device: str = "auto", verbose: bool = True,
+         report: bool = True) -> Comparison | None:
+    """Lecture 001's MLP vs CNN on the Fashion-MNIST sample shipped with cnnlab (None on ranks other than 0)."""
     return compare(DEMO_MODELS, "sample", out=out, overwrite=True, device=device, verbose=verbose, report=report,
                    **DEMO_SETTINGS)

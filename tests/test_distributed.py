@@ -1,9 +1,14 @@
-"""torchrun: two CPU processes (gloo) train exactly what one process trains with the same global batch."""
+"""torchrun: two CPU processes (gloo) train exactly what one process trains with the same global batch;
+compare under torchrun; a rank that dies or hangs stops the run with a clear error."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +16,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 import cnnlab
+from cnnlab import distributed
+from cnnlab.errors import UsageError
 
 # Two processes sum their gradients in another order than one process does, so the weights agree
 # to float32 rounding, not bit for bit; a wrong scale of the loss (e.g. a mean per rank over an
@@ -23,11 +30,14 @@ def flags(settings: dict) -> list[str]:
     return [part for key, value in settings.items() for part in (f"--{key.replace('_', '-')}", str(value))]
 
 
+def torchrun_command(command: str, *args: str) -> list[str]:
+    """`torchrun --nproc-per-node=2 -m cnnlab COMMAND ARGS` on the CPU, on the shipped sample."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+            "-m", "cnnlab", command, *args, "--dataset", "sample", "--device", "cpu"]
+
+
 def torchrun_train(*args: str) -> subprocess.CompletedProcess:
-    """`torchrun --nproc-per-node=2 -m cnnlab train ARGS` on the CPU, on the shipped sample."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "cnnlab", "train", "--dataset", "sample", "--device", "cpu", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return subprocess.run(torchrun_command("train", *args), capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch built without gloo")
@@ -66,3 +76,114 @@ def test_torchrun_batch_norm_network_with_early_stopping(tmp_path):
     assert run.config["model"] == "fast-cnn-28" and run.config["train"]["processes"] == 2
     assert 1 <= len(run.history) <= 4 and run.metrics["epochs_run"] == len(run.history)
     assert run.metrics["test_accuracy"] > 0.5
+
+
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch built without gloo")
+def test_torchrun_compare(tmp_path):
+    """Both ranks train each model in one process group; rank 0 alone prints the table and writes the report."""
+    done = subprocess.run(
+        torchrun_command("compare", "seed-mlp", "seed-cnn", "--subset", "400", "--epochs", "1",
+                         "--out", str(tmp_path / "cmp")),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("same data, same settings") == 1 and done.stdout.count("side by side: ") == 1
+    assert done.stdout.count("test accuracy") == 2  # each model's run, printed by rank 0
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    for model in ("seed-mlp", "seed-cnn"):
+        run = cnnlab.open_run(tmp_path / "cmp" / model)
+        assert run.config["train"]["processes"] == 2 and run.config["data"]["train_images"] == 360
+        assert f"{run.metrics['test_accuracy']:.2%}" in done.stdout
+    assert (tmp_path / "cmp" / "report.html").stat().st_size > 10_000
+
+
+def test_timeout_from_the_environment(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.timeout() == distributed.DEFAULT_TIMEOUT == 300
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, " 2.5 ")
+    assert distributed.timeout() == 2.5
+    for bad in ("soon", "0", "-3", "nan"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(UsageError, match=f"{distributed.TIMEOUT_ENV}='{bad}' is not a number of seconds"):
+            distributed.timeout()
+
+
+def _workers(parent: int) -> dict[int, int]:
+    """{rank: pid} of torchrun's worker processes, from /proc."""
+    ranks = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent:
+                env = dict(line.split("=", 1) for line in
+                           (stat.parent / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in line)
+                ranks[int(env["RANK"])] = int(stat.parent.name)
+        except (OSError, IndexError, KeyError, ValueError):  # a process that ended meanwhile
+            continue
+    return ranks
+
+
+def _train_until_first_epoch(tmp_path: Path) -> tuple[subprocess.Popen, dict[int, int]]:
+    """torchrun training (for far more epochs than the test waits), once rank 0 has written epoch 1."""
+    env = {**os.environ, distributed.TIMEOUT_ENV: "3"}
+    command = torchrun_command("train", "--model", "seed-mlp", "--subset", "400", "--epochs", "10000",
+                               "--no-report", "--out", str(tmp_path / "run"))
+    torchrun = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "history.csv").exists():
+        assert torchrun.poll() is None and time.monotonic() < deadline, torchrun.communicate()[1][-3000:]
+        time.sleep(0.1)
+    workers = _workers(torchrun.pid)
+    assert sorted(workers) == [0, 1]
+    return torchrun, workers
+
+
+needs_torchrun_on_linux = pytest.mark.skipif(
+    not (sys.platform == "linux" and dist.is_available() and dist.is_gloo_available()),
+    reason="finds the workers in /proc; torch built without gloo",
+)
+
+
+@needs_torchrun_on_linux
+def test_torchrun_killed_rank_stops_the_run(tmp_path):
+    """torchrun itself stops the others when a worker dies; rank 0 must not add a traceback of its own."""
+    torchrun, workers = _train_until_first_epoch(tmp_path)
+    try:
+        killed = time.monotonic()
+        os.kill(workers[1], signal.SIGKILL)
+        _, stderr = torchrun.communicate(timeout=60)
+        assert time.monotonic() - killed < 15, stderr[-3000:]
+    finally:
+        if torchrun.poll() is None:
+            os.killpg(torchrun.pid, signal.SIGKILL)
+    assert torchrun.returncode != 0
+    root_cause = stderr.split("Root Cause")[-1]
+    assert "rank      : 1 (local_rank: 1)" in root_cause and "SIGKILL" in root_cause, stderr[-3000:]
+    assert "cnnlab/train.py" not in stderr, stderr[-3000:]  # no traceback through cnnlab on rank 0
+
+
+@needs_torchrun_on_linux
+def test_torchrun_hung_rank_times_out(tmp_path):
+    """A rank that stops answering (SIGSTOP: alive, holding its connections) is noticed only by the
+    timeout: rank 0 gives up after $CNNLAB_DIST_TIMEOUT (3 s here) with a cnnlab error, not after 30 min."""
+    torchrun, workers = _train_until_first_epoch(tmp_path)
+    try:
+        stopped = time.monotonic()
+        os.kill(workers[1], signal.SIGSTOP)
+        while Path(f"/proc/{workers[0]}").exists() and time.monotonic() - stopped < 60:  # torchrun reaps it
+            time.sleep(0.1)
+        waited = time.monotonic() - stopped
+        os.kill(workers[1], signal.SIGCONT)  # so that torchrun's SIGTERM ends it at once
+        _, stderr = torchrun.communicate(timeout=60)
+    finally:
+        if torchrun.poll() is None:
+            os.killpg(torchrun.pid, signal.SIGKILL)
+    assert 3 <= waited < 20, stderr[-3000:]
+    assert torchrun.returncode != 0
+    assert ("error: rank 0 of 2: another process of this torchrun run stopped answering" in stderr
+            and f"more than 3 s with {distributed.TIMEOUT_ENV}=SECONDS" in stderr
+            and "Timed out waiting 3000ms" in stderr), stderr[-3000:]
+    assert "Traceback" not in stderr.split("error: rank 0 of 2")[0], stderr[-3000:]
+    root_cause = stderr.split("Root Cause")[-1]
+    assert "rank      : 0 (local_rank: 0)" in root_cause and "exitcode  : 2" in root_cause, stderr[-3000:]
