@@ -51,10 +51,20 @@ class Settings:
     recipe: str = "lecture"  # the recipe these settings started from (recipes.py)
 
     def check(self) -> None:
+        from dataclasses import fields
+
+        kinds = {"int": int, "float": (int, float), "str": str, "bool": bool}  # from Python, values come unchecked
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type).removesuffix(" | None")
+            if not (value is None and str(f.type).endswith(" | None")) and (
+                    isinstance(value, bool) != (kind == "bool") or not isinstance(value, kinds[kind])):
+                raise UsageError(f"the setting {f.name} must be {str(f.type).replace('|', 'or')}, got {value!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise UsageError("--epochs and --batch-size must be at least 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UsageError(f"--lr must be a positive number, got {self.lr}")
+        if not (0 < self.lr <= 1e6):  # NaN fails too; a larger rate overflows the optimizers' float32 arithmetic
+            raise UsageError(f"--lr must be a positive number up to 1e6, got {self.lr}")
+        if not 0 <= self.val_fraction < 1:
+            raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
         if self.subset is not None and self.subset < 2:
@@ -63,8 +73,9 @@ class Settings:
             raise UsageError("--patience must be at least 1 epoch")
         if self.patience is not None and self.val_fraction == 0:
             raise UsageError("--patience needs a validation split to watch; keep --val-fraction above 0")
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise UsageError("--momentum and --weight-decay cannot be negative")
+        if not (0 <= self.momentum < math.inf and 0 <= self.weight_decay < math.inf):  # NaN fails too
+            raise UsageError(f"--momentum and --weight-decay must be finite and not negative, got {self.momentum} "
+                             f"and {self.weight_decay}")
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
         choices = {"--schedule": (self.schedule, SCHEDULES), "--precision": (self.precision, PRECISIONS)}
@@ -76,8 +87,8 @@ class Settings:
             raise UsageError("--warmup and --label-smoothing must be in [0, 1)")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise UsageError("--nesterov needs --optimizer sgd and a --momentum above 0")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError("--threads must be at least 1")
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise UsageError(f"--threads must be from 1 to 1,024, got {self.threads}")
 
 
 def settings_of(config: dict[str, Any]) -> Settings:

@@ -71,7 +71,17 @@ def test_another_optimizer_or_momentum_drops_the_recipes_nesterov():
         ({"warmup": 1.0}, r"\[0, 1\)"),
         ({"label_smoothing": -0.1}, r"\[0, 1\)"),
         ({"nesterov": True}, "--nesterov needs --optimizer sgd"),
-        ({"threads": 0}, "--threads must be at least 1"),
+        ({"threads": 0}, "--threads must be from 1 to 1,024, got 0"),
+        ({"threads": 10**20}, "--threads must be from 1 to 1,024, got 100000000000000000000"),
+        ({"lr": math.nan}, "--lr must be a positive number up to 1e6, got nan"),
+        ({"lr": 1e300}, "--lr must be a positive number up to 1e6, got 1e\\+300"),
+        ({"val_fraction": math.nan}, r"--val-fraction must be in \[0, 1\), got nan"),
+        ({"momentum": math.nan}, "--momentum and --weight-decay must be finite and not negative, got nan and 0.0"),
+        ({"weight_decay": math.inf}, "must be finite and not negative, got 0.9 and inf"),
+        ({"label_smoothing": math.nan}, r"\[0, 1\)"),
+        ({"epochs": True}, "the setting epochs must be int, got True"),
+        ({"lr": "0.1"}, "the setting lr must be float, got '0.1'"),
+        ({"patience": 2.5}, "the setting patience must be int or None, got 2.5"),
     ],
 )
 def test_bad_settings(overrides, message):

@@ -8,6 +8,7 @@ downstream (the loader, training, evaluation) only sees this.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -75,6 +76,24 @@ def train_val_split(train: Split, val_fraction: float, seed: int) -> tuple[Split
         raise DataError(f"only {len(train)} training images: too few to hold out {val_fraction:.0%} for validation")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     return train.take(order[n_val:]), train.take(order[:n_val])
+
+
+def check_resize(count: int, channels: int, size: tuple[int, int]) -> None:
+    """Refuse an --image-size whose images could not be held: over images.MAX_PIXELS each, or all of them
+    (uint8) more than half this machine's memory, where the system says how much there is."""
+    from ..images import MAX_PIXELS
+
+    height, width = size
+    if height * width > MAX_PIXELS:
+        raise UsageError(f"--image-size {height}x{width} is more than {MAX_PIXELS:,} pixels an image; use a smaller size")
+    need = count * channels * height * width
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not every system says
+        return
+    if need > memory // 2:
+        raise UsageError(f"{count:,} images of {channels}x{height}x{width} take {need / 2**30:,.1f} GiB, more than half "
+                         f"of this machine's {memory / 2**30:,.1f} GiB of memory; use a smaller --image-size")
 
 
 def channel_stats(x: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:

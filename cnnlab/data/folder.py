@@ -19,7 +19,7 @@ import torch
 from .. import images
 from ..errors import DataError, ImageError, UsageError
 from ..formatting import printable
-from .dataset import ImageData, Split
+from .dataset import ImageData, Split, check_resize
 
 
 # Without --image-size, images keep the first image's size, up to this many pixels a side.
@@ -166,6 +166,7 @@ def load_folder(
     names = sorted(train_classes)
 
     size = _image_size(image_size, [f for files in train_classes.values() for f in files], skip_bad)
+    check_resize(sum(map(len, [*train_classes.values(), *test_classes.values()])), channels or 3, size)
     train, test = _decode([train_classes, test_classes], names, size, channels, skip_bad)
     unseen = sorted(set(names) - {names[label] for _, label in train})
     if unseen:  # every file of these classes was unreadable and left out (--skip-bad-images)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, UsageError
-from .dataset import ImageData, Split
+from .dataset import ImageData, Split, check_resize
 from .folder import load_folder
 from .idx import read_idx_pair
 from .patterns import load_patterns
@@ -188,6 +188,9 @@ def adapt(data: ImageData, image_size: int | tuple[int, int] | None = None, chan
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
     if size is not None and min(size) < 1:
         raise UsageError(f"--image-size must be at least 1, got {min(size)}")
+    if size is not None:
+        splits = [data.train, data.test, *data.extra.values()]
+        check_resize(sum(len(s) for s in splits), channels or data.train.x.shape[1], tuple(size))
 
     def convert(split: Split) -> Split:
         x = split.x  # (N, C, H, W) uint8
@@ -200,8 +203,10 @@ def adapt(data: ImageData, image_size: int | tuple[int, int] | None = None, chan
             else:
                 raise UsageError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
         if size is not None and tuple(x.shape[2:]) != tuple(size):
-            x = F.interpolate(x.float(), size=tuple(size), mode="bilinear", antialias=True)
-            x = x.round().clamp(0, 255).to(torch.uint8)
+            # In chunks: a float copy of a whole split would take 4 bytes for each byte of it, twice.
+            parts = [F.interpolate(part.float(), size=tuple(size), mode="bilinear", antialias=True)
+                     .round().clamp(0, 255).to(torch.uint8) for part in x.split(1024)]
+            x = torch.cat(parts) if parts else x.new_zeros((0, x.shape[1], *size))
         return Split(x.contiguous(), split.y)
 
     if image_size is None and channels is None:
