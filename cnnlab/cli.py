@@ -56,7 +56,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="NHWC memory layout (default on: the same arithmetic, faster convolutions)")
     p.add_argument("--precision", choices=PRECISIONS, help="bf16: autocast to bfloat16 (CPUs with AVX-512 BF16 "
-                   "or AMX, GPUs); default fp32")
+                   "or AMX, GPUs); auto: bf16 where the hardware runs it natively, else fp32 (the fast recipes' "
+                   "choice; `cnnlab info` shows what it picks here); default fp32")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (a pause first)")
     p.add_argument("--threads", type=int, help="CPU threads per process (default: the cores, shared out under "
                    "torchrun)")
@@ -69,11 +70,27 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, help="stop after N epochs without a better validation loss")
     p.add_argument("--no-normalize", dest="normalize", action="store_false", default=None,
                    help="only scale pixels to [0, 1], as the lectures do (default: also standardize)")
+    p.add_argument("--checkpoint-steps", type=int, help="also save a checkpoint every N steps within an epoch "
+                   "(default: only by time)")
+    p.add_argument("--checkpoint-seconds", type=float, help="save a checkpoint within an epoch every S seconds "
+                   f"(default {d.checkpoint_seconds:g}; the end of every epoch always saves one)")
     p.add_argument("--out", help="run folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-report", dest="report", action="store_false", help="do not write report.html at the end")
     _device_flag(p)
     p.add_argument("--quiet", action="store_true", help="print nothing while training")
+
+
+def _trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true", help="let a run folder whose model is package.module:attr "
+                   "import and run that code; only for folders you made or trust (a folder is data, and by "
+                   "default cnnlab refuses code it names)")
+
+
+def _open(path: str, args: argparse.Namespace):
+    from .runs import open_run
+
+    return open_run(path, trust_code=args.trust_code)
 
 
 def _device_flag(p: argparse.ArgumentParser) -> None:
@@ -105,7 +122,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         if given:
             raise UsageError(f"--resume continues a run with its own settings; leave out "
                              f"{', '.join('--' + k.replace('_', '-') for k in given)} (only --epochs may change)")
-        resume(args.resume, epochs=args.epochs, device=args.device, verbose=not args.quiet, report=args.report)
+        resume(args.resume, epochs=args.epochs, device=args.device, verbose=not args.quiet, report=args.report,
+               trust_code=args.trust_code)
         return
     train(args.model, args.dataset, **_data_kwargs(args), out=args.out, overwrite=args.overwrite,
           device=args.device, verbose=not args.quiet, report=args.report, **_settings(args))
@@ -115,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from . import formatting
     from .evaluate import evaluate
 
-    ev = evaluate(args.run, split=args.split, data_dir=args.data_dir, download=args.download, device=args.device,
+    ev = evaluate(_open(args.run, args), split=args.split, data_dir=args.data_dir, download=args.download, device=args.device,
                   dataset=args.dataset)
     print(formatting.evaluation(ev, args.format))
 
@@ -124,7 +142,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from . import formatting
     from .evaluate import predict
 
-    preds = predict(args.run, args.images, topk=args.top_k, invert=args.invert, device=args.device)
+    preds = predict(_open(args.run, args), args.images, topk=args.top_k, invert=args.invert, device=args.device)
     print(formatting.predictions(preds, args.format))
 
 
@@ -134,6 +152,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     comp = compare(args.models, args.dataset, **_data_kwargs(args), out=args.out, overwrite=args.overwrite,
                    device=args.device, verbose=not args.quiet, report=args.report, **_settings(args))
+    if comp is None:  # a rank other than 0 under torchrun: rank 0 prints
+        return
     print(formatting.comparison(comp, args.format))
     if comp.report and args.format == "table":
         print(f"\nside by side: {comp.report}")
@@ -144,29 +164,29 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     data = {"device": args.device, "data_dir": args.data_dir, "dataset": args.dataset, "download": args.download}
     if len(args.runs) == 1:
-        path = report(args.runs[0], out=args.out, **data)
+        path = report(_open(args.runs[0], args), out=args.out, **data)
     else:
-        path = compare_report(args.runs, args.out or "report.html", **data)
+        path = compare_report([_open(run, args) for run in args.runs], args.out or "report.html", **data)
     print(f"wrote {path}")
 
 
 def cmd_featuremaps(args: argparse.Namespace) -> None:
     from .inside import featuremaps
 
-    paths = featuremaps(args.run, args.image, args.layer, args.out, args.channels, args.invert)
+    paths = featuremaps(_open(args.run, args), args.image, args.layer, args.out, args.channels, args.invert)
     print(f"wrote {len(paths)} file(s): " + ", ".join(map(str, paths)))
 
 
 def cmd_filters(args: argparse.Namespace) -> None:
     from .inside import filters
 
-    print(f"wrote {filters(args.run, args.layer, args.out)}")
+    print(f"wrote {filters(_open(args.run, args), args.layer, args.out)}")
 
 
 def cmd_cam(args: argparse.Namespace) -> None:
     from .inside import cam
 
-    print(f"wrote {cam(args.run, args.images, args.layer, args.target, args.out, args.invert)}")
+    print(f"wrote {cam(_open(args.run, args), args.images, args.layer, args.target, args.out, args.invert)}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -184,7 +204,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         (f"cnnlab cam {cnn} YOUR_IMAGE.png", "where in the picture the model sees its class (Grad-CAM)"),
         ("cnnlab compare seed-mlp seed-cnn --dataset fashion-mnist --data-dir DIR", "the full dataset"),
         ("cnnlab train --model small-cnn-28", "a batch-normalized CNN with 1/8 of the weights"),
-        ("cnnlab train --recipe fast", "a small CNN, one-cycle schedule, bf16: the fastest way to a good model"),
+        ("cnnlab train --recipe fast", "a small CNN, one-cycle schedule, bf16 where the CPU has it: the fastest way "
+         "to a good model"),
         ("cnnlab models", "every registered network"),
         ("cnnlab summary seed-cnn --explain", "every shape and parameter count as a formula"),
         ('cnnlab conv --input "1 2 3; 4 5 6; 7 8 9" --kernel "1 0; 0 -1"', "a convolution by hand, window by window"),
@@ -228,6 +249,13 @@ def cmd_summary(args: argparse.Namespace) -> None:
     print(summary_table(result, args.format, args.depth, args.explain))
 
 
+def cmd_info(args: argparse.Namespace) -> None:
+    from . import formatting, machine
+    from .evaluate import resolve_device
+
+    print(formatting.machine_info(machine.info(resolve_device(args.device), measure=args.measure), args.format))
+
+
 def cmd_datasets(args: argparse.Namespace) -> None:
     from . import formatting
     from .data.sources import DATASETS, data_roots, locate
@@ -265,11 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "maxpool(2) flatten linear(10)\", a .json/.toml spec file, or package.module:attr (default: the "
                    "recipe's; seed-cnn for the lecture's)")
     _train_flags(p)
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last epoch, with "
-                   "the run's own settings (only --epochs, --device and --quiet apply)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint, with "
+                   "the run's own settings (only --epochs, --device, --quiet and --trust-code apply)")
+    _trust_flag(p)
 
     p = command("evaluate", "test accuracy, per-class accuracy and confusion matrix of a run", cmd_evaluate)
     p.add_argument("run", help="run folder")
+    _trust_flag(p)
     p.add_argument("--split", default="test", help="test (default), train, or an extra split (test-shifted)")
     p.add_argument("--dataset", help="read this dataset instead of the run's own, e.g. folder:NEW_PLACE")
     _data_flags(p, dataset=False)
@@ -278,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("predict", "classify image files with a run's model (top-k with probabilities)", cmd_predict)
     p.add_argument("run", help="run folder")
+    _trust_flag(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, ... of any size and mode")
     p.add_argument("--top-k", type=int, default=3, help="how many classes to show (default 3)")
     p.add_argument("--invert", action="store_true", help="invert dark-on-light images (MNIST-style data)")
@@ -293,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report", "write a run's report.html: summary, curves, per-class accuracy, confusion, top losses, "
                 "augmentation, filters, feature maps, Grad-CAM; several runs give one page side by side", cmd_report)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s)")
+    _trust_flag(p)
     p.add_argument("--out", help="the page to write (default RUN/report.html; report.html for several runs)")
     p.add_argument("--dataset", help="read this dataset instead of the run's own, e.g. folder:NEW_PLACE")
     _data_flags(p, dataset=False)
@@ -301,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("featuremaps", "the feature maps an image makes in each convolution layer (PNG files)",
                 cmd_featuremaps)
     p.add_argument("run", help="run folder")
+    _trust_flag(p)
     p.add_argument("image", metavar="IMAGE", help="PNG, JPEG, ... (converted as predict converts it)")
     p.add_argument("--layer", help=layer_help + " (default: every convolution)")
     p.add_argument("--out", default="featuremaps", help="folder for the PNG files (default featuremaps/)")
@@ -309,11 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("filters", "the learned filters of a layer as pictures (PNG)", cmd_filters)
     p.add_argument("run", help="run folder")
+    _trust_flag(p)
     p.add_argument("--layer", help=layer_help + " (default: the first convolution)")
     p.add_argument("--out", default="filters.png", help="the PNG file (default filters.png)")
 
     p = command("cam", "Grad-CAM: where in each image the model found the evidence for its class (PNG)", cmd_cam)
     p.add_argument("run", help="run folder")
+    _trust_flag(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, ... (converted as predict converts it)")
     p.add_argument("--layer", help=layer_help + " (default: the last feature maps, after the last convolution's "
                    "pooling and ReLU)")
@@ -338,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     _format_flag(p)
 
     cli_teach.add_commands(command)
+
+    p = command("info", "versions, device, CPU capability, threads, the precision the recipes choose here and "
+                "the fast recipe's speed: paste it into a bug report", cmd_info)
+    p.add_argument("--no-measure", dest="measure", action="store_false", help="skip the speed measurement (2 s)")
+    _device_flag(p)
+    _format_flag(p)
 
     p = command("datasets", "list the datasets and where cnnlab finds their files", cmd_datasets)
     _data_flags(p, dataset=False)

@@ -2,8 +2,8 @@
 
 `lecture` is lecture 001's recipe, unchanged: seed-cnn, Adam at 1e-3, batch 32, 5 epochs.
 `fast` is the quickest honest way to a good CNN on a CPU: a small batch-normalized CNN, SGD
-with Nesterov momentum on a one-cycle schedule, label smoothing, weight decay, bf16 autocast,
-and flips where they make sense (clothes, photos; not digits), in training and at test time.
+with Nesterov momentum on a one-cycle schedule, label smoothing, weight decay, bf16 autocast
+where the hardware runs bf16 natively (precision "auto", machine.py; fp32 elsewhere), and flips where they make sense (clothes, photos; not digits), in training and at test time.
 `fast-long` trains the same way for longer, with a wider network and random crops, for the
 best accuracy in a few minutes.
 
@@ -22,7 +22,7 @@ from .settings import Settings
 
 _FAST = {
     "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "schedule": "onecycle", "warmup": 0.2,
-    "label_smoothing": 0.1, "weight_decay": 5e-4, "precision": "bf16",
+    "label_smoothing": 0.1, "weight_decay": 5e-4, "precision": "auto",
 }
 
 # recipe -> dataset -> (model, settings); "*" is any other dataset (a folder, the patterns).

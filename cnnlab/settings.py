@@ -17,7 +17,7 @@ from .errors import UsageError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "onecycle", "cosine")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -43,12 +43,18 @@ class Settings:
     # NHWC memory layout: the same arithmetic as NCHW, and oneDNN and cuDNN convolutions run faster on it
     # (seed-cnn at batch 32 on 2 CPU cores: 1.6x). On by default; it leaves the lecture's settings as they are.
     channels_last: bool = True
-    precision: str = "fp32"  # bf16: autocast matmuls and convolutions (AMX / AVX-512 BF16 CPUs, GPUs)
+    # bf16: autocast matmuls and convolutions; auto: bf16 where the hardware runs it natively (machine.py).
+    # A run's config.json keeps the precision chosen, so that --resume trains on as it began.
+    precision: str = "fp32"
     compile: bool = False  # torch.compile the model (a compile pause first; pays off on long GPU runs)
     threads: int | None = None  # CPU threads (default: PyTorch's, one per core; shared out under torchrun)
     tta: bool = False  # validate, test and predict on each image and its mirror image, averaged
     watch_test: bool = False  # also measure test accuracy after every epoch (it never picks the best epoch)
     recipe: str = "lecture"  # the recipe these settings started from (recipes.py)
+    # Checkpoints within an epoch too, so that a killed run loses at most this much (the end of every
+    # epoch always saves one): every N steps, and every S seconds; None turns either off.
+    checkpoint_steps: int | None = None
+    checkpoint_seconds: float | None = 60.0
 
     def check(self) -> None:
         from dataclasses import fields
@@ -89,6 +95,11 @@ class Settings:
             raise UsageError("--nesterov needs --optimizer sgd and a --momentum above 0")
         if self.threads is not None and not 1 <= self.threads <= 1024:
             raise UsageError(f"--threads must be from 1 to 1,024, got {self.threads}")
+        if self.checkpoint_steps is not None and self.checkpoint_steps < 1:
+            raise UsageError("--checkpoint-steps must be at least 1")
+        if self.checkpoint_seconds is not None and not (self.checkpoint_seconds > 0
+                                                        and math.isfinite(self.checkpoint_seconds)):
+            raise UsageError(f"--checkpoint-seconds must be a positive number, got {self.checkpoint_seconds}")
 
 
 def settings_of(config: dict[str, Any]) -> Settings:

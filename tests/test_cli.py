@@ -15,7 +15,7 @@ from PIL import Image
 from cnnlab.cli import build_parser, main
 
 COMMANDS = ["demo", "train", "evaluate", "predict", "compare", "report", "featuremaps", "filters", "cam", "summary",
-            "arith", "conv", "pool", "filter", "models", "datasets"]
+            "arith", "conv", "pool", "filter", "models", "datasets", "info"]
 
 
 @pytest.mark.parametrize("launcher", [[str(Path(sys.executable).parent / "cnnlab")], [sys.executable, "-m", "cnnlab"]])

@@ -43,7 +43,7 @@ def test_the_lecture_recipe_is_the_defaults():
 def test_fast_recipe_per_dataset_and_flags_override_it():
     model, s = settings_for("fast", "fashion-mnist", {})
     assert (model, s.recipe, s.optimizer, s.schedule, s.precision, s.augment) == (
-        "fast-cnn-28", "fast", "sgd", "onecycle", "bf16", "flip")
+        "fast-cnn-28", "fast", "sgd", "onecycle", "auto", "flip")
     assert s.tta and s.channels_last
     mnist = settings_for("fast", "mnist", {})[1]
     assert (mnist.augment, mnist.tta) == ("none", False)  # a mirrored digit is not the same digit
