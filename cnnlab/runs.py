@@ -5,7 +5,9 @@
                        the epoch's last step; and test accuracy with --watch-test)
     metrics.json       test accuracy (a fraction), per-class accuracy, confusion matrix, seconds
     model.safetensors  the best weights (lowest validation loss)
-    checkpoint.pt      last epoch's weights, optimizer and RNG state, for --resume
+    checkpoint.pt      the latest weights, optimizer, schedule and RNG state, for --resume: at the end of
+                       every epoch, and within one (the step, the epoch's running sums and seconds)
+    .lock              one writer at a time (lock.py)
 
 Every file is written atomically (a temporary file, then os.replace), so an interrupted
 write never leaves a half file behind. Weights load without pickle.
@@ -171,6 +173,7 @@ class Run:
     config: dict[str, Any]
     history: list[dict[str, float]]
     metrics: dict[str, Any] | None
+    trust_code: bool = False  # may build a `package.module:attr` model named in config.json (open_run)
 
     @property
     def classes(self) -> list[str]:
@@ -190,7 +193,8 @@ class Run:
 
     def build_model(self, weights: bool = True) -> nn.Module:
         """The run's model in eval mode, with its best weights unless `weights` is False."""
-        model = load_model(self.config["model"], self.input_shape, len(self.classes))
+        model = load_model(self.config["model"], self.input_shape, len(self.classes), trust_code=self.trust_code,
+                           source=self.path / "config.json")
         if weights:
             path = self.path / "model.safetensors"
             if not path.exists():
@@ -222,8 +226,13 @@ def read_history(path: Path) -> list[dict[str, float]]:
     return rows
 
 
-def open_run(path: str | Path) -> Run:
-    """Read a run folder written by `cnnlab train`, every field cnnlab reads checked."""
+def open_run(path: str | Path, trust_code: bool = False) -> Run:
+    """Read a run folder written by `cnnlab train`, every field cnnlab reads checked.
+
+    A run folder is data: a model it names as `package.module:attr` is imported and run only with
+    `trust_code=True` (the CLI's --trust-code), since whoever wrote the folder chose that code.
+    Registered names, specs and torchvision's own builders need no trust.
+    """
     path = Path(path)
     if not path.is_dir():
         what = "it is a file" if path.exists() else "it does not exist"
@@ -236,7 +245,7 @@ def open_run(path: str | Path) -> Run:
     metrics = _read_json(metrics_path) if metrics_path.exists() else None
     if metrics is not None:
         _check_fields(metrics_path, "", metrics, METRICS_FIELDS, optional=set(METRICS_FIELDS))
-    return Run(path, config, read_history(path / "history.csv"), metrics)
+    return Run(path, config, read_history(path / "history.csv"), metrics, trust_code)
 
 
 # ------------------------------------------------------------------- what config.json must hold

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_model as load_safetensors
 
-from . import __version__, distributed
+from . import __version__, distributed, machine
 from .data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
 from .errors import Interrupted, RunError, TrainingError, UsageError
 from .evaluate import EVAL_BATCH, evaluate_model, judged, load_run_data, loss_and_accuracy, resolve_device
 from .formatting import summary_table
+from .lock import run_lock
 from .models import load_model, short_name, stored_ref
 from .recipes import settings_for
 from .runs import (
@@ -39,6 +41,9 @@ from .summary import summarize
 
 def split_for_training(dataset: ImageData, s: Settings) -> tuple[Split, Split]:
     """(fit, validation): the first `subset` training images, less a seeded validation share."""
+    if s.subset is not None and s.subset > len(dataset.train):
+        raise UsageError(f"--subset {s.subset:,} is more than the {len(dataset.train):,} training images of "
+                         f"{dataset.name}; give at most {len(dataset.train):,}, or leave it out to train on all")
     train_split = dataset.train.take(slice(0, s.subset)) if s.subset else dataset.train
     return train_val_split(train_split, s.val_fraction, s.seed)
 
@@ -96,6 +101,10 @@ def train(
                 f"use a multiple of {ctx.world_size}"
             )
         target = distributed.rank_device(resolve_device(device), ctx)
+        asked = s.precision
+        # Every rank trains in rank 0's choice: a timed choice could differ between processes.
+        choice = distributed.from_main(machine.choose_precision(asked, target), ctx)
+        s.precision = choice.precision
         _check_precision(s, target)
         if isinstance(dataset, str):
             dataset = load_dataset(
@@ -108,11 +117,7 @@ def train(
         out = distributed.from_main(out, ctx)
         if out.exists() and not out.is_dir():
             raise RunError(f"--out {out} is a file; a run needs a folder")
-        if (out / "config.json").exists() and not overwrite:
-            raise RunError(
-                f"{out} already holds a run; continue it with --resume {out}, replace it with --overwrite, "
-                "or choose another --out"
-            )
+        _check_free(out, overwrite)
 
         fit, val = split_for_training(dataset, s)
         if len(fit) < ctx.world_size:
@@ -136,70 +141,107 @@ def train(
                 "train_images": len(fit), "val_images": len(val), "test_images": len(dataset.test),
             },
             "train": {**vars(s), "device": device, "processes": ctx.world_size},
+            "precision": {"asked": asked, "why": choice.why},
         }
         distributed.barrier(ctx)  # every rank has checked the folder before rank 0 writes into it
-        if ctx.is_main:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise RunError(f"cannot make the run folder {out}: {exc.strerror or exc}") from exc
-            for stale in ("metrics.json", "history.csv", "model.safetensors", "checkpoint.pt", "summary.txt",
-                          "report.html"):
-                (out / stale).unlink(missing_ok=True)  # an overwritten run must not mix with the old one
-            write_json(out / "config.json", config)
-        run = _fit(net, dataset, fit, val, config, out, target, None, verbose, ctx)
-        if run is not None and report:
-            from .report import after_training  # matplotlib is imported only when a report is written
+        with contextlib.ExitStack() as held:
+            # Checked again under the lock: another writer may have finished a run there meanwhile.
+            _lock(out, held, ctx, then=lambda: _check_free(out, overwrite))
+            if ctx.is_main:
+                for stale in ("metrics.json", "history.csv", "model.safetensors", "checkpoint.pt", "summary.txt",
+                              "report.html"):
+                    (out / stale).unlink(missing_ok=True)  # an overwritten run must not mix with the old one
+                write_json(out / "config.json", config)
+            run = _fit(net, dataset, fit, val, config, out, target, None, verbose, ctx)
+            if run is not None and report:
+                from .report import after_training  # matplotlib is imported only when a report is written
 
-            after_training(run, dataset, device, verbose)
+                after_training(run, dataset, device, verbose)
         return run
+    except RuntimeError as exc:  # a collective failed: another rank died or hangs
+        distributed.raise_if_peer_stopped(exc, ctx)
+        raise
     finally:
         distributed.teardown(ctx)
 
 
-def resume(run: str | Path, epochs: int | None = None, device: str = "auto", verbose: bool = True,
-           report: bool = True) -> Run | None:
-    """Continue an interrupted run from its last completed epoch (optionally up to more epochs).
+def resume(run: str | Path | Run, epochs: int | None = None, device: str = "auto", verbose: bool = True,
+           report: bool = True, trust_code: bool = False) -> Run | None:
+    """Continue an interrupted run from its last checkpoint (optionally up to more epochs); a run
+    killed before its first checkpoint starts again from the beginning with its own settings.
 
     A schedule (onecycle, cosine) is laid over the new number of epochs from the step it stands at.
+    `trust_code`: the run's model may be `package.module:attr`, imported and run (see runs.open_run).
     Under torchrun every rank reads the run folder, so it must be on a filesystem they share.
     """
-    previous = open_run(run)
-    state = load_checkpoint(previous.path / "checkpoint.pt") if (previous.path / "checkpoint.pt").exists() else None
-    if state is None:
-        raise RunError(
-            f"{previous.path} has no checkpoint.pt: it did not complete an epoch. Start it again with "
-            f"the same command and --overwrite"
-        )
-    config = previous.config
-    if epochs is not None:
-        if epochs < max(1, state["epoch"]):
-            raise UsageError(f"--epochs {epochs} is fewer than the {state['epoch']} epochs this run has done")
-        config["train"]["epochs"] = epochs
+    path = open_run(run.path if isinstance(run, Run) else run, trust_code=trust_code).path  # checked before locking
     ctx = distributed.setup(resolve_device(device))
     try:
-        if ctx.world_size != config["train"].get("processes", 1):
-            raise UsageError(
-                f"{previous.path} was trained by {config['train'].get('processes', 1)} processes; resume it with "
-                "as many (each takes its share of every batch, and the batch must split the same way)"
-            )
-        dataset = load_run_data(previous)
-        fit, val = split_for_training(dataset, settings_of(config))
-        net = load_model(config["model"], tuple(config["data"]["input_shape"]), len(config["data"]["classes"]))
-        target = distributed.rank_device(resolve_device(device), ctx)
-        _check_precision(settings_of(config), target)
-        distributed.barrier(ctx)  # every rank has read config.json before rank 0 rewrites it
-        if ctx.is_main:
-            write_json(previous.path / "config.json", config)
-        state["history"] = previous.history[: state["epoch"]]  # a row written after the checkpoint is redone
-        finished = _fit(net, dataset, fit, val, config, previous.path, target, state, verbose, ctx)
-        if finished is not None and report:
-            from .report import after_training
+        with contextlib.ExitStack() as held:
+            _lock(path, held, ctx)  # a run still being trained is not resumed under its writer's feet
+            previous = open_run(path, trust_code=trust_code)  # read again: its writer may have gone on meanwhile
+            config = previous.config
+            if ctx.world_size != config["train"].get("processes", 1):
+                raise UsageError(
+                    f"{path} was trained by {config['train'].get('processes', 1)} processes; resume it with "
+                    "as many (each takes its share of every batch, and the batch must split the same way)"
+                )
+            state = load_checkpoint(path / "checkpoint.pt") if (path / "checkpoint.pt").exists() else None
+            done = state["epoch"] if state is not None else 0
+            if epochs is not None:
+                if epochs < max(1, done):
+                    raise UsageError(f"--epochs {epochs} is fewer than the {done} epochs this run has done")
+                config["train"]["epochs"] = epochs
+            dataset = load_run_data(previous)
+            fit, val = split_for_training(dataset, settings_of(config))
+            if state is None:
+                torch.manual_seed(settings_of(config).seed)  # the same first weights as the run began with
+            net = previous.build_model(weights=False)
+            target = distributed.rank_device(resolve_device(device), ctx)
+            _check_precision(settings_of(config), target)
+            distributed.barrier(ctx)  # every rank has read config.json before rank 0 rewrites it
+            if ctx.is_main:
+                write_json(path / "config.json", config)
+            if state is not None:
+                state["history"] = previous.history[:done]  # a row written after the checkpoint is redone
+            finished = _fit(net, dataset, fit, val, config, path, target, state, verbose, ctx)
+            if finished is not None and report:
+                from .report import after_training
 
-            after_training(finished, dataset, device, verbose)
+                after_training(finished, dataset, device, verbose)
         return finished
+    except RuntimeError as exc:  # a collective failed: another rank died or hangs
+        distributed.raise_if_peer_stopped(exc, ctx)
+        raise
     finally:
         distributed.teardown(ctx)
+
+
+def _check_free(out: Path, overwrite: bool) -> None:
+    if (out / "config.json").exists() and not overwrite:
+        raise RunError(
+            f"{out} already holds a run; continue it with --resume {out}, replace it with --overwrite, "
+            "or choose another --out"
+        )
+
+
+def _lock(folder: Path, held: contextlib.ExitStack, ctx: distributed.Context,
+          then: Callable[[], None] | None = None) -> None:
+    """Rank 0 takes the run folder's lock until `held` closes, then runs the check `then`; should
+    either fail, every rank raises its RunError (the others would wait for rank 0 forever)."""
+    problem = None
+    if ctx.is_main:
+        try:
+            held.enter_context(run_lock(folder))
+            for tmp in folder.glob(".*.tmp"):  # left by a writer killed while writing: never a whole file
+                tmp.unlink(missing_ok=True)
+            if then is not None:
+                then()
+        except RunError as exc:
+            problem = str(exc)
+    problem = distributed.from_main(problem, ctx)
+    if problem is not None:
+        raise RunError(problem)
 
 
 def _check_precision(s: Settings, device: torch.device) -> None:
@@ -220,6 +262,10 @@ def _describe(s: Settings, device: torch.device, ctx: distributed.Context) -> st
                                     ("flip TTA", s.tta), ("compiled", s.compile)) if on]
     where = f"{ctx.world_size} processes on {device.type}" if ctx.world_size > 1 else device.type
     return ", ".join(parts + [where])
+
+
+def _checkpoint_point(epochs_done: int, step: int) -> str:
+    return f"step {step} of epoch {epochs_done + 1}" if step else f"the end of epoch {epochs_done}"
 
 
 def _fit(
@@ -259,7 +305,7 @@ def _fit(
     total_steps = len(train_loader) * s.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, s))
     history: list[dict[str, float]] = []
-    best_val, best_epoch, bad_epochs, start = math.inf, 0, 0, 0
+    best_val, best_epoch, bad_epochs, start, start_step = math.inf, 0, 0, 0, 0
     if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -270,6 +316,24 @@ def _fit(
         torch.set_rng_state(state["rng"])
         best_val, best_epoch = state["best_val_loss"], state["best_epoch"]
         bad_epochs, start, history = state["bad_epochs"], state["epoch"], state["history"]
+        start_step = state.get("step", 0)  # a checkpoint within epoch start + 1, after this many steps
+    saved_at = _checkpoint_point(start, start_step) if state is not None else None
+
+    def checkpoint(epochs_done: int, step: int = 0, totals: torch.Tensor | None = None, seconds: float = 0.0) -> None:
+        """Save everything --resume needs to go on bit for bit: after `epochs_done` epochs and `step`
+        steps of the next one, with that epoch's running sums and seconds so far."""
+        nonlocal saved_at
+        within = {"step": step, "totals": totals.cpu(), "epoch_seconds": seconds} if step else {}
+        save_checkpoint(
+            {
+                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                "epoch": epochs_done, "best_val_loss": best_val, "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs, **within,
+            },
+            out / "checkpoint.pt",
+        )
+        saved_at = _checkpoint_point(epochs_done, step)
 
     summary = summarize(net, tuple(dataset.input_shape), name=short_name(config["model"]))
     console = Console(quiet=not (verbose and ctx.is_main), highlight=False, soft_wrap=True)
@@ -281,6 +345,10 @@ def _fit(
         f"{len(fit):,} training / {len(val):,} validation images {tuple(dataset.input_shape)}, "
         f"{_describe(s, device, ctx)}; run folder {out}"
     )
+    precision = config.get("precision") or {}
+    if precision.get("asked") == "auto":
+        console.print(f"precision {s.precision} (auto): {precision['why']}; --precision fp32|bf16 to choose",
+                      markup=False)
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         TextColumn("{task.fields[stats]}"), console=console, transient=True, disable=not (verbose and ctx.is_main),
@@ -291,12 +359,17 @@ def _fit(
     try:
         with progress:
             for epoch in range(start, s.epochs):
+                first = start_step if epoch == start else 0
                 model.train()
-                train_loader.set_epoch(epoch)
-                task = progress.add_task(f"epoch {epoch + 1}/{s.epochs}", total=len(train_loader), stats="")
-                started = time.perf_counter()
+                train_loader.set_epoch(epoch, first)
+                task = progress.add_task(f"epoch {epoch + 1}/{s.epochs}", total=len(train_loader), completed=first,
+                                         stats="")
+                started = saved = time.perf_counter()
                 totals = torch.zeros(3, device=device)  # loss sum, correct, images: this rank's share
-                for step, (x, y) in enumerate(train_loader):
+                earlier = 0.0  # seconds of this epoch before a resumed checkpoint
+                if first:
+                    totals, earlier = state["totals"].to(device), state["epoch_seconds"]
+                for step, (x, y) in enumerate(train_loader, start=first):
                     # The global batch's size: each rank's summed loss is scaled so that the ranks' gradients,
                     # averaged by DDP, equal one process's mean over the whole batch (even an uneven last one).
                     n_global = min(s.batch_size, len(fit) - step * s.batch_size)
@@ -323,7 +396,13 @@ def _fit(
                             )
                         progress.update(task, completed=step + 1,
                                         stats=f"loss {loss_now / seen_now:.4f} acc {correct_now / seen_now:.2%}")
-                seconds = time.perf_counter() - started
+                    if ctx.is_main and step + 1 < len(train_loader) and (
+                        (s.checkpoint_steps and (step + 1) % s.checkpoint_steps == 0)
+                        or (s.checkpoint_seconds and time.perf_counter() - saved >= s.checkpoint_seconds)
+                    ):
+                        checkpoint(epoch, step + 1, totals, earlier + time.perf_counter() - started)
+                        saved = time.perf_counter()
+                seconds = earlier + time.perf_counter() - started
                 row = {
                     "epoch": epoch + 1, "seconds": round(seconds, 3),
                     "train_loss": loss_now / seen_now, "train_accuracy": correct_now / seen_now, "lr": lr,
@@ -349,15 +428,7 @@ def _fit(
                     if improved:
                         save_weights(net, out / "model.safetensors")
                     write_history(out / "history.csv", history)
-                    save_checkpoint(
-                        {
-                            "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                            "epoch": epoch + 1, "best_val_loss": best_val, "best_epoch": best_epoch,
-                            "bad_epochs": bad_epochs,
-                        },
-                        out / "checkpoint.pt",
-                    )
+                    checkpoint(epoch + 1)
                 console.print(
                     f"epoch {epoch + 1:>3}/{s.epochs}  train loss {_fmt(row['train_loss'])} "
                     f"acc {_fmt(row['train_accuracy'], True)}  val loss {_fmt(val_loss)} "
@@ -367,14 +438,10 @@ def _fit(
                     console.print(f"early stop: no better validation loss for {s.patience} epochs")
                     break
     except KeyboardInterrupt:
-        if epoch == 0:
-            raise Interrupted(
-                f"training was interrupted in its first epoch, before anything was saved in {out}; "
-                "start it again with the same command and --overwrite"
-            ) from None
+        saved = (f"it goes on from its last checkpoint ({saved_at}) with" if saved_at
+                 else "nothing was saved yet; it starts again with")
         raise Interrupted(
-            f"training was interrupted in epoch {epoch + 1}; epochs 1-{epoch} are saved in {out}. "
-            f"Continue with: cnnlab train --resume {out}"
+            f"training was interrupted in epoch {epoch + 1} of {s.epochs}; {saved}: cnnlab train --resume {out}"
         ) from None
 
     if not ctx.is_main:
@@ -415,4 +482,4 @@ def _finish(
         f"test accuracy {test.accuracy:.2%} (best epoch {best_epoch}, {metrics['train_seconds']:.1f} s of "
         f"training{shifted}); results in {out}\n"
     )
-    return open_run(out)
+    return open_run(out, trust_code=True)  # the model is the one this process was given to train

@@ -3,7 +3,8 @@
 The lectures wrap tensors in a `Dataset` whose `__getitem__` returns one image at a time,
 and a `DataLoader` collates 32 of them back into a batch; slicing the uint8 tensor directly
 gives the same batches for a fraction of the work. The order of each epoch depends only on
-(seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
+(seed, epoch), and each batch's augmentation only on (seed, epoch, step), so a run resumed at any
+step sees the same batches as an uninterrupted one.
 
 Under torchrun every rank draws the same order and takes its own share of each global batch
 (rank r of W takes the r-th of W equal parts), so W processes see together exactly the batches
@@ -50,7 +51,7 @@ class BatchLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.epoch = 0
+        self.epoch, self.start_step = 0, 0
         self.augmentation = augmentation
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
@@ -63,9 +64,10 @@ class BatchLoader:
         # The last batch may be smaller; under torchrun one too small to give every rank an image is dropped.
         return full + (rest >= self.world_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the shuffled order of this epoch (as DistributedSampler.set_epoch does)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Choose the shuffled order of this epoch (as DistributedSampler.set_epoch does), and the
+        step to start from (a run resumed within an epoch)."""
+        self.epoch, self.start_step = epoch, start_step
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float32 (N, C, H, W), (x / 255 - mean) / std."""
@@ -75,18 +77,25 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch)))
         else:
             order = torch.arange(n)
-        # Augmentation draws from its own generator, seeded by (seed, epoch) as the order is but not
-        # the same stream as any epoch's order, so a resumed run repeats it.
-        generator = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) ^ 0x5DEECE66D)
-        for step in range(len(self)):
+        for step in range(self.start_step, len(self)):
             batch = order[step * self.batch_size : (step + 1) * self.batch_size]
             x, y = self.split.x[batch], self.split.y[batch]  # (B, C, H, W) uint8, (B,)
             if self.augmentation != "none":
-                # The whole global batch, so that W ranks draw what one process would: uint8 work, cheap.
+                # Each batch draws from a generator of its own (seed, epoch, step), not the stream of any
+                # epoch's order, so that a run resumed at this step draws the same. The whole global batch
+                # is augmented, so that W ranks draw what one process would: uint8 work, cheap.
+                generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch, step) ^ 0x5DEECE66D)
                 x = augment(x, self.augmentation, generator)
             if self.world_size > 1:
                 x, y = x.tensor_split(self.world_size)[self.rank], y.tensor_split(self.world_size)[self.rank]
             yield self.normalize(x), y.to(self.device, non_blocking=True)
+
+
+def _mix(seed: int, *parts: int) -> int:
+    """A generator seed from a run's seed and counters, below 2**63 whatever the seed."""
+    for part in parts:
+        seed = (seed * 100_003 + part) % 2**63
+    return seed

@@ -83,11 +83,28 @@ def import_model(ref: str, num_classes: int | None = None) -> nn.Module:
     return made
 
 
-def load_model(ref: str | nn.Module, input_shape: tuple[int, ...], num_classes: int | None = None) -> nn.Module:
+def is_torchvision_builder(ref: str) -> bool:
+    """`torchvision.models:NAME` for one of torchvision's registered model builders."""
+    module_name, _, attr = ref.partition(":")
+    if module_name != "torchvision.models":
+        return False
+    import torchvision.models
+
+    return attr in torchvision.models.list_models()
+
+
+def load_model(
+    ref: str | nn.Module, input_shape: tuple[int, ...], num_classes: int | None = None, *,
+    trust_code: bool = True, source: str | os.PathLike | None = None,
+) -> nn.Module:
     """The model a reference names, for inputs of `input_shape`.
 
     With `num_classes`, the model must give (1, num_classes) outputs for one input, as a classifier
     for that dataset; registered models are built for it.
+
+    trust_code: False when the reference comes from a file someone else may have written (`source`,
+    a run folder's config.json): then a `package.module:attr` reference, which imports and runs
+    Python code, is refused, unless it is one of torchvision's own model builders.
     """
     if isinstance(ref, nn.Module):
         model = ref
@@ -104,6 +121,13 @@ def load_model(ref: str | nn.Module, input_shape: tuple[int, ...], num_classes: 
                 warnings.simplefilter("ignore", ArchitectureWarning)
                 model = build(ref, input_shape)
         else:
+            if not (trust_code or is_torchvision_builder(ref)):
+                raise ModelError(
+                    f"{source or 'this reference'} names Python code as its model, {ref!r}, which would be imported "
+                    "and run. A run folder is data, and cnnlab runs code that one names only when told to: add "
+                    "--trust-code (from Python: open_run(path, trust_code=True)) if you made this folder or trust "
+                    "whoever did, since that code can do anything your user can"
+                )
             model = import_model(ref, num_classes)
     if num_classes is not None:
         from ..summary import summarize
@@ -116,4 +140,4 @@ def load_model(ref: str | nn.Module, input_shape: tuple[int, ...], num_classes: 
     return model
 
 
-__all__ = ["import_model", "kind_of", "load_model", "short_name", "stored_ref"]
+__all__ = ["import_model", "is_torchvision_builder", "kind_of", "load_model", "short_name", "stored_ref"]

@@ -1,0 +1,66 @@
+"""One writer per run folder: a lock file that a second `train` into the same folder finds taken.
+
+The lock is an advisory `flock` on RUN/.lock, which the operating system releases when the holding
+process ends in any way, `kill -9` included: a lock left by a killed process is simply free, and
+the next writer takes it over. The file keeps the holder's pid and host for the message.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import RunError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+    import msvcrt
+
+LOCK_NAME = ".lock"
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return False
+    return True
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").split()
+    except OSError:
+        return "another process"
+    return f"process {text[0]} on {text[1]}" if len(text) >= 2 else "another process"
+
+
+@contextmanager
+def run_lock(folder: str | Path) -> Iterator[None]:
+    """Hold the run folder's lock for the block; refuse with RunError if another process holds it."""
+    folder = Path(folder)
+    path = folder / LOCK_NAME
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RunError(f"cannot write in the run folder {folder}: {exc.strerror or exc}") from exc
+    try:
+        if not _try_lock(fd):
+            raise RunError(
+                f"{folder} is being written by {_holder(path)}: one run folder takes one writer at a time. "
+                f"Wait for it to finish, or choose another --out"
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock; the file stays, harmless, for the next writer
