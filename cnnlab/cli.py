@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -193,9 +194,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from . import formatting
     from .compare import DEMO_SETTINGS, demo
 
-    print(f"cnnlab demo: lecture 001's MLP vs CNN on the Fashion-MNIST sample shipped with cnnlab "
-          f"(Adam, lr {DEMO_SETTINGS['lr']:g}, batch {DEMO_SETTINGS['batch_size']}, {DEMO_SETTINGS['epochs']} epochs)\n")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone prints
+        print(f"cnnlab demo: lecture 001's MLP vs CNN on the Fashion-MNIST sample shipped with cnnlab "
+              f"(Adam, lr {DEMO_SETTINGS['lr']:g}, batch {DEMO_SETTINGS['batch_size']}, {DEMO_SETTINGS['epochs']} "
+              "epochs)\n")
     comp = demo(args.out, device=args.device)
+    if comp is None:  # a rank other than 0 under torchrun
+        return
     print(formatting.comparison(comp))
     cnn = Path(comp.out) / "seed-cnn"
     tips = [
