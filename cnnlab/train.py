@@ -368,7 +368,9 @@ def _fit(
                 totals = torch.zeros(3, device=device)  # loss sum, correct, images: this rank's share
                 earlier = 0.0  # seconds of this epoch before a resumed checkpoint
                 if first:
-                    totals, earlier = state["totals"].to(device), state["epoch_seconds"]
+                    earlier = state["epoch_seconds"]
+                    if ctx.is_main:  # rank 0's share of the sums so far: the others' were not saved
+                        totals = state["totals"].to(device)
                 for step, (x, y) in enumerate(train_loader, start=first):
                     # The global batch's size: each rank's summed loss is scaled so that the ranks' gradients,
                     # averaged by DDP, equal one process's mean over the whole batch (even an uneven last one).
