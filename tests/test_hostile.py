@@ -248,6 +248,16 @@ def test_idx_file_with_no_images(tmp_path):
         read_idx_pair(images, labels, 10)
 
 
+def test_idx_gzip_that_inflates_past_the_cap(tmp_path, monkeypatch):
+    import gzip
+
+    monkeypatch.setattr("cnnlab.data.idx.MAX_BYTES", 10**6)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(bytes(5 * 10**6)))  # 5 kB that inflate to 5 MB
+    with pytest.raises(DataError, match="inflates to more than"):
+        read_idx(path)
+
+
 def _folder(root: Path, classes: dict[bytes, int]) -> Path:
     """A class-per-folder tree under root, names given as bytes (they may not be UTF-8): 8x8 images."""
     for i, (name, count) in enumerate(classes.items()):

@@ -10,6 +10,7 @@ Every check raises `DataError` (never `assert`, so the checks hold under `python
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import struct
 import zlib
@@ -32,6 +33,7 @@ _DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 
+MAX_BYTES = 4 * 2**30  # decompressed; MNIST's training images are 47 MB
 _REDOWNLOAD = "download it again (or pass --download), or point --data-dir at a good copy"
 
 
@@ -43,8 +45,15 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if raw[:2] != b"\x1f\x8b":
         return raw
+    data = bytearray()
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            while chunk := f.read(1 << 24):  # in pieces: a small damaged or hostile file can inflate without end
+                data += chunk
+                if len(data) > MAX_BYTES:
+                    raise DataError(f"{path} inflates to more than {MAX_BYTES / 2**30:.0f} GiB, far more than any IDX "
+                                    f"dataset; it is damaged or not a dataset; {_REDOWNLOAD}")
+        return bytes(data)
     except (EOFError, OSError, zlib.error) as exc:
         raise DataError(
             f"{path} is a damaged or truncated gzip file ({exc}); {_REDOWNLOAD}"
