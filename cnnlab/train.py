@@ -20,8 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors.torch import load_model as load_safetensors
 
 from . import __version__, distributed, machine
 from .data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
@@ -32,8 +32,8 @@ from .lock import run_lock
 from .models import load_model, short_name, stored_ref
 from .recipes import settings_for
 from .runs import (
-    FORMAT_VERSION, Run, load_checkpoint, open_run, save_checkpoint, save_weights, write_history, write_json,
-    write_text,
+    FORMAT_VERSION, Run, load_checkpoint, load_safetensors, open_run, save_checkpoint, save_weights, write_history,
+    write_json, write_text,
 )
 from .settings import Settings, lr_factor, make_optimizer, settings_of
 from .summary import summarize
@@ -307,8 +307,14 @@ def _fit(
     history: list[dict[str, float]] = []
     best_val, best_epoch, bad_epochs, start, start_step = math.inf, 0, 0, 0, 0
     if state is not None:
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:  # a checkpoint of another model, or damaged
+            raise RunError(
+                f"{out / 'checkpoint.pt'} does not fit the run's model ({' '.join(str(exc).split())[:300]}); "
+                f"start the run again with the same command and --overwrite"
+            ) from exc
         if "scheduler" in state:  # runs from before schedules existed had a constant rate
             scheduler.load_state_dict(state["scheduler"])
         for group in optimizer.param_groups:  # the rate at this step of the schedule over the (new) epochs
@@ -341,7 +347,7 @@ def _fit(
         write_text(out / "summary.txt", summary_table(summary, explain=True) + "\n")
     console.print(summary_table(summary) + "\n", markup=False)
     console.print(
-        f"[bold]{short_name(config['model'])}[/] on [bold]{dataset.name}[/]: {config['parameters']:,} parameters, "
+        f"[bold]{escape(short_name(config['model']))}[/] on [bold]{escape(dataset.name)}[/]: {config['parameters']:,} parameters, "
         f"{len(fit):,} training / {len(val):,} validation images {tuple(dataset.input_shape)}, "
         f"{_describe(s, device, ctx)}; run folder {out}"
     )

@@ -120,3 +120,14 @@ def test_torchvision_builders_need_no_trust():
     assert sum(p.numel() for p in net.parameters()) == 11_181_642
     with pytest.raises(ModelError, match="--trust-code"):
         load_model("torchvision.models._api:get_model", (3, 32, 32), 10, trust_code=False)
+
+
+def test_a_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
+    import torch
+
+    run = cnnlab.train("seed-mlp", "sample", subset=300, epochs=1, out=tmp_path / "run", verbose=False, report=False)
+    state = torch.load(run.path / "checkpoint.pt", weights_only=True)
+    state["model"] = {k: v[:1] for k, v in state["model"].items()}
+    torch.save(state, run.path / "checkpoint.pt")
+    with pytest.raises(RunError, match=r"checkpoint\.pt does not fit the run's model \(.*size mismatch.*--overwrite"):
+        cnnlab.resume(run.path, epochs=2, verbose=False, report=False)
