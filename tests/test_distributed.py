@@ -75,7 +75,9 @@ def test_torchrun_batch_norm_network_with_early_stopping(tmp_path):
     run = cnnlab.open_run(tmp_path / "bn")
     assert run.config["model"] == "fast-cnn-28" and run.config["train"]["processes"] == 2
     assert 1 <= len(run.history) <= 4 and run.metrics["epochs_run"] == len(run.history)
-    assert run.metrics["test_accuracy"] > 0.5
+    # measured 0.54-0.69 over seeds 0-5, fp32 and bf16, AVX-512 and AVX2: the mean 0.63 less 4 sd (0.045); but
+    # seed 3 in bf16 with AMX stops after epoch 2 at chance (0.10): see docs/benchmarks.md, "Test thresholds"
+    assert run.metrics["test_accuracy"] > 0.45
 
 
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch built without gloo")

@@ -153,7 +153,9 @@ def test_training_keeps_its_run_when_the_report_fails(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(importlib.import_module("cnnlab.report"), "report", broken)
     run = cnnlab.train("seed-mlp", "sample", subset=200, epochs=1, out=out, overwrite=True, verbose=False)
-    assert run.metrics["test_accuracy"] > 0.1 and (out / "model.safetensors").exists()
+    # measured 0.52-0.65 over seeds 0-5, the same at AVX-512 and AVX2 (benchmarks/thresholds.py): the mean 0.61
+    # less 4 sd (0.044); chance is 0.10
+    assert run.metrics["test_accuracy"] > 0.43 and (out / "model.safetensors").exists()
     assert not (out / "report.html").exists()  # the old run's page went with --overwrite
     warning = ("the report was not written (ValueError: boom); the results are saved. "
                f"Try again with: cnnlab report {out}")

@@ -26,8 +26,11 @@ train_module = importlib.import_module("cnnlab.train")  # the module; cnnlab.tra
 @pytest.mark.dispatch
 def test_seed_cnn_learns_2000_fashion_mnist_images(trained_run):
     """The session's trained run: seed-cnn, 2,000 sample images (1,800 train / 200 val), 3 epochs."""
-    assert trained_run.history[-1]["val_accuracy"] >= 0.80
-    assert trained_run.metrics["test_accuracy"] >= 0.78
+    # Measured over seeds 0-5 at AVX-512 and AVX2 (benchmarks/thresholds.py): val 0.77-0.835, test 0.75-0.82;
+    # chance is 0.10. Each bound is the lower of the worst run less 3 binomial sigma (200 images: 0.09; 2,000:
+    # 0.03) and the mean less 4 seed-to-seed sd (val 0.80 - 0.09, test 0.79 - 0.085).
+    assert trained_run.history[-1]["val_accuracy"] >= 0.68
+    assert trained_run.metrics["test_accuracy"] >= 0.70
 
 
 def test_run_folder_contract(trained_run):
@@ -83,6 +86,7 @@ def test_best_weights_are_kept(tmp_path):
     losses = [row["val_loss"] for row in run.history]
     best = min(range(len(losses)), key=losses.__getitem__)
     assert run.metrics["best_epoch"] == best + 1
+    # best epoch measured 1-9 of 12 over seeds 0-5, the same at AVX-512 and AVX2
     assert best + 1 < len(losses), "the run should overfit, so the best epoch is not the last"
     fit, val = train_val_split(data.train.take(slice(0, 300)), 0.1, seed=0)
     loss, _ = loss_and_accuracy(run.build_model(), BatchLoader(val, 100, run.mean, run.std))
@@ -93,7 +97,7 @@ def test_best_weights_are_kept(tmp_path):
 def test_early_stopping(tmp_path):
     run = cnnlab.train("seed-mlp", "sample", subset=300, epochs=40, lr=3e-3, patience=2,
                        out=tmp_path / "r", verbose=False, report=False)
-    assert len(run.history) == run.metrics["best_epoch"] + 2 < 40
+    assert len(run.history) == run.metrics["best_epoch"] + 2 < 40  # measured 3-6 epochs over seeds 0-5, both levels
 
 
 @pytest.mark.dispatch
@@ -192,6 +196,8 @@ def test_fast_path_learns_and_records_its_settings(tmp_path):
         "fast", "onecycle", chosen.precision)
     assert run.config["precision"]["asked"] == "auto" and run.config["precision"]["why"]
     assert 0 < run.history[-1]["lr"] < 0.2 / 50  # the one-cycle schedule's last step (1,800 images, 87 steps)
+    # measured 0.79-0.83 over seeds 0-5, fp32 and bf16, AVX-512 and AVX2; the worst less 3 sigma of 2,000
+    # images (0.03) and the mean less 4 sd (0.81 - 0.05) are both 0.76
     assert run.metrics["test_accuracy"] >= 0.75
 
 
@@ -222,7 +228,8 @@ def test_sgd_and_no_normalization(tmp_path):
     run = cnnlab.train("seed-mlp", "sample", subset=1000, epochs=1, optimizer="sgd", lr=0.05, normalize=False,
                        out=tmp_path / "r", verbose=False, report=False)
     assert run.mean == [0.0] and run.std == [1.0]
-    assert run.metrics["test_accuracy"] > 0.5
+    # measured 0.585-0.69 over seeds 0-5, the same at AVX-512 and AVX2; the mean 0.63 less 4 sd (0.036); chance 0.10
+    assert run.metrics["test_accuracy"] > 0.48
 
 
 def test_without_validation_the_last_epoch_is_kept(tmp_path):
