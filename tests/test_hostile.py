@@ -7,12 +7,13 @@ import json
 import os
 import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from PIL import Image
 
 import cnnlab
@@ -151,6 +152,33 @@ def test_listing_and_evaluate_random_flags(capsys, tiny_run, split, data_dir):
 # A PNG cut anywhere, random bytes, or nothing: every file cnnlab reads.
 PNG = (Path(cnnlab.__file__).parent / "data" / "sample" / "chelsea.jpg").read_bytes()
 BYTES = st.one_of(st.binary(max_size=300), st.integers(0, len(PNG)).map(lambda n: PNG[:n]))
+
+
+TRAIN_FLAGS = ["--epochs", "--batch-size", "--lr", "--momentum", "--weight-decay", "--warmup", "--label-smoothing",
+               "--val-fraction", "--subset", "--seed", "--patience", "--checkpoint-steps", "--checkpoint-seconds"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flag=st.sampled_from(TRAIN_FLAGS), value=NUMBER)
+def test_train_random_flag_values(capsys, tmp_path, flag, value):
+    """One training flag at a time gets any value; a value that is valid trains a tiny model on 40 images."""
+    if flag == "--epochs":  # a valid huge number of epochs would train for ever: only its refusals here
+        try:
+            assume(float(value) <= 2)
+        except ValueError:
+            pass
+    out = Path(tempfile.mkdtemp(dir=tmp_path)) / "run"  # hypothesis runs every example in one tmp_path
+    result = cli(capsys, "train", "--model", "flatten linear(10)", "--subset", 40, "--epochs", 1, flag, value,
+                 "--out", out, "--no-report", "--quiet")
+    assert_clean(result)
+    if result[0] == 2 and not result[2].startswith("usage: ") and "training diverged" not in result[2]:
+        assert not out.exists(), "a refused run must write nothing"  # a diverged one keeps what it saved
+
+
+def test_subset_larger_than_the_dataset_is_said(capsys, tmp_path):
+    assert_error(cli(capsys, "train", "--subset", 999_999, "--out", tmp_path / "run", "--quiet"),
+                 "--subset 999,999 is more than the 8,000 training images of sample")
+    assert not (tmp_path / "run").exists()
 
 
 @FAST
