@@ -50,8 +50,9 @@ def steps_done(out: Path) -> int:
     return state["epoch"] * STEPS // 2 + state.get("step", 0)
 
 
-def kill_after(out: Path, step: int, timeout: float = 300) -> int:
-    """Start a run into `out`, SIGKILL it once its checkpoint has passed `step`; the steps it had done."""
+def kill_after(out: Path, step: int, delay: float = 0.0, timeout: float = 300) -> int:
+    """Start a run into `out`, SIGKILL it `delay` seconds after its checkpoint has passed `step` (so that
+    the kill lands anywhere: in a step, in a write, in validation); the steps its checkpoint had then."""
     process = subprocess.Popen(cnnlab("train", *FLAGS, "--out", str(out)), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
@@ -62,6 +63,7 @@ def kill_after(out: Path, step: int, timeout: float = 300) -> int:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no checkpoint past step {step} within {timeout} s")
             time.sleep(0.005)
+        time.sleep(delay)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait()
@@ -98,14 +100,14 @@ def main() -> None:
         whole = train_whole(Path(tmp) / "whole")
         for i in range(args.kills):
             out = Path(tmp) / f"killed-{i}"
-            step = rng.randint(1, STEPS)
-            done = kill_after(out, step)
+            step, delay = rng.randint(1, STEPS), rng.uniform(0, 0.3)
+            done = kill_after(out, step, delay)
             every_file_parses(out)
             leftovers = sorted(p.name for p in out.glob(".*.tmp"))
-            rows.append((step, done, leftovers, same(resume(out), whole)))
-            print(f"kill {i + 1}: past step {step} (checkpoint at {done}), half-written files {leftovers or 'none'}, "
+            rows.append((f"{step} + {delay:.2f} s", done, leftovers, same(resume(out), whole)))
+            print(f"kill {i + 1}: {rows[-1][0]} (checkpoint at {done}), half-written files {leftovers or 'none'}, "
                   f"resumed bit-identical: {rows[-1][3]}", flush=True)
-    print("\n| kill | after step | checkpoint at | half-written files left | bit-identical after --resume |")
+    print("\n| kill | after step | checkpoint then | half-written files left | bit-identical after --resume |")
     print("|---:|---:|---:|---|---|")
     for i, (step, done, leftovers, equal) in enumerate(rows, 1):
         print(f"| {i} | {step} | {done} | {', '.join(leftovers) or '-'} | {'yes' if equal else 'NO'} |")

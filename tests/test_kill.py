@@ -35,14 +35,15 @@ def whole_run(tmp_path_factory: pytest.TempPathFactory):
 def test_kill_9_then_resume_gives_the_same_weights(whole_run, tmp_path, when):
     """Killed after a random step (mid-step, mid-write or validating), or before any checkpoint was
     written (resume starts over); --resume ends with the uninterrupted run's weights, bit for bit."""
-    step = random.randint(1, kill_resume.STEPS) if when == "random" else 1  # the failure message names it
+    # Any step and moment must do; the failure message names them.
+    step, delay = (random.randint(1, kill_resume.STEPS), random.uniform(0, 0.3)) if when == "random" else (1, 0)
     out = tmp_path / "run"
-    done = kill_resume.kill_after(out, step)
+    done = kill_resume.kill_after(out, step, delay)
     kill_resume.every_file_parses(out)
     if when == "before-first-checkpoint":
         (out / "checkpoint.pt").unlink()
     resumed = kill_resume.resume(out)
-    assert kill_resume.same(resumed, whole_run), f"killed after step {step} (checkpoint at {done}): weights differ"
+    assert kill_resume.same(resumed, whole_run), f"killed {delay:.2f} s after step {step} (checkpoint at {done}): weights differ"
     assert not list(out.glob(".*.tmp")), "a half-written file was left after --resume"
     assert len(open_run(out).history) == 2
 
