@@ -102,3 +102,12 @@ def test_wrong_output_size_is_caught(monkeypatch):
     register_model("test-bad-head")(lambda shape, k: nn.Sequential(nn.Flatten(), nn.Linear(784, k + 1)))
     with pytest.raises(ModelError, match=r"outputs of shape \(11,\), expected \(10,\)"):
         get_model("test-bad-head")
+
+
+@pytest.mark.parametrize("argv", [["--classes", "99999999999"], ["--input", "1x99999x99999"]])
+def test_a_model_too_large_for_memory_is_a_clear_error(capsys, argv):
+    from cnnlab.cli import main
+
+    assert main(["summary", "seed-cnn", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model 'seed-cnn' for ") and "needs more memory than this machine has" in err

@@ -66,7 +66,10 @@ def get_model(name: str, input_shape: tuple[int, int, int] = (1, 28, 28), num_cl
     try:
         model = info.builder(tuple(input_shape), num_classes)
         shape = output_shape(model, input_shape)
-    except (ModelError, RuntimeError, ValueError) as exc:
+    except (ModelError, RuntimeError, ValueError, MemoryError) as exc:
+        if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc):  # torch says so in a RuntimeError
+            raise ModelError(f"model {name!r} for {shape_text(input_shape)} inputs and {num_classes:,} classes needs "
+                             "more memory than this machine has; use a smaller --input or --classes") from exc
         kind = ArchitectureError if isinstance(exc, ArchitectureError) else ModelError
         raise kind(f"model {name!r} cannot take {shape_text(input_shape)} inputs: {exc}") from exc
     if shape != (num_classes,):
