@@ -2,17 +2,20 @@
 
 The lock is an advisory `flock` on RUN/.lock, which the operating system releases when the holding
 process ends in any way, `kill -9` included: a lock left by a killed process is simply free, and
-the next writer takes it over. The file keeps the holder's pid and host for the message.
+the next writer takes it over (and removes the temporary files of a write it was killed in). The
+file keeps the holder's pid and host for the message. Under torchrun rank 0 alone writes, so it
+alone holds the lock, and every rank learns whether it got it.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from . import distributed
 from .errors import RunError
 
 try:
@@ -64,3 +67,23 @@ def run_lock(folder: str | Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock; the file stays, harmless, for the next writer
+
+
+def hold_run_folder(folder: Path, held: ExitStack, ctx: distributed.Context,
+                    then: Callable[[], None] | None = None) -> None:
+    """Rank 0 takes the run folder's lock until `held` closes, removes what a killed writer left
+    half-written, then runs the check `then`; should either fail, every rank raises its RunError
+    (the others would otherwise wait for rank 0 forever)."""
+    problem = None
+    if ctx.is_main:
+        try:
+            held.enter_context(run_lock(folder))
+            for tmp in folder.glob(".*.tmp"):  # runs.atomic_write's temporary files: never a whole file
+                tmp.unlink(missing_ok=True)
+            if then is not None:
+                then()
+        except RunError as exc:
+            problem = str(exc)
+    problem = distributed.from_main(problem, ctx)
+    if problem is not None:
+        raise RunError(problem)

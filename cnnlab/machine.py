@@ -2,16 +2,18 @@
 
 bf16 halves the bytes every layer moves and runs on the CPU's bf16 units where there are some
 (AVX-512 BF16 or AMX on x86, the BF16 extension on ARM) and on most GPUs. Without them PyTorch
-and oneDNN emulate it, and a step costs several times an fp32 one (fast-cnn-28 at batch 256 on
-one CPU: 14 ms in bf16 and 75 ms in fp32 with AMX; 820 ms and 160 ms with AVX2 only). So a
-recipe asks for precision "auto": bf16 only where the hardware runs it natively, decided from
-the CPU's flags, and by timing one small step of each where the flags cannot settle it.
+and oneDNN emulate it, and a step costs several times an fp32 one (fast-cnn-28 training on 2
+cores: 14,868 images/s in bf16 and 10,271 in fp32 with AMX; 887 and 7,981 with AVX2 only,
+benchmarks/dispatch_levels.py). So a recipe asks for precision "auto": bf16 only where the
+hardware runs it natively, decided from the CPU's flags, and by timing one small step of each
+where the flags cannot settle it.
 
 `info()` gathers what `cnnlab info` prints: the first thing to paste into a bug report.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -43,6 +45,7 @@ class Choice:
 
 
 def is_x86() -> bool:
+    """Whether this is an x86 CPU (where PyTorch can say whether it has AVX-512 BF16 or AMX)."""
     return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 
@@ -72,6 +75,7 @@ def onednn_isa_limit() -> str | None:
 
 
 def onednn_version() -> str | None:
+    """oneDNN's version as PyTorch's build configuration names it (e.g. "3.12.0")."""
     found = re.search(r"MKL-DNN v([\w.]+)", torch.__config__.show())
     return found.group(1) if found else None
 
@@ -116,6 +120,7 @@ def time_steps(device: torch.device, batch: int = 32, repeats: int = 3) -> dict[
         torch.set_rng_state(torch_state)
 
 
+@functools.lru_cache(maxsize=None)  # once a process: every model of a comparison trains in the same precision
 def _timed_choice(device: torch.device, reason: str) -> Choice:
     took = time_steps(device)
     measured = f"one step of a small CNN took {took['bf16'] * 1e3:.1f} ms in bf16 and {took['fp32'] * 1e3:.1f} ms in fp32"

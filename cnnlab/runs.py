@@ -148,6 +148,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not all(isinstance(v, torch.Tensor) for v in state["model"].values()) or min(
             state["epoch"], state["best_epoch"], state["bad_epochs"]) < 0:
         raise RunError(f"{path} holds impossible weights or epoch counts; {again}")
+    if "step" in state and not (  # a checkpoint within an epoch: where in it, and the epoch's sums so far
+        _is(state["step"], (int,)) and state["step"] >= 1 and isinstance(state.get("totals"), torch.Tensor)
+        and state["totals"].shape == (3,) and state["totals"].is_floating_point()
+        and _is(state.get("epoch_seconds"), (float, int)) and math.isfinite(state["epoch_seconds"])
+    ):
+        raise RunError(f"{path} holds an impossible position within an epoch (step, totals, epoch_seconds); {again}")
+    if state["rng"].dtype != torch.uint8:
+        raise RunError(f"{path} holds a random number generator state that is not one; {again}")
     return state
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from .data import BatchLoader, ImageData, Split, channel_stats, load_dataset, tr
 from .errors import Interrupted, RunError, TrainingError, UsageError
 from .evaluate import EVAL_BATCH, evaluate_model, judged, load_run_data, loss_and_accuracy, resolve_device
 from .formatting import summary_table
-from .lock import run_lock
+from .lock import hold_run_folder
 from .models import load_model, short_name, stored_ref
 from .recipes import settings_for
 from .runs import (
@@ -103,7 +102,7 @@ def train(
         target = distributed.rank_device(resolve_device(device), ctx)
         asked = s.precision
         # Every rank trains in rank 0's choice: a timed choice could differ between processes.
-        choice = distributed.from_main(machine.choose_precision(asked, target), ctx)
+        choice = distributed.from_main(machine.choose_precision(asked, target) if ctx.is_main else None, ctx)
         s.precision = choice.precision
         _check_precision(s, target)
         if isinstance(dataset, str):
@@ -146,7 +145,7 @@ def train(
         distributed.barrier(ctx)  # every rank has checked the folder before rank 0 writes into it
         with contextlib.ExitStack() as held:
             # Checked again under the lock: another writer may have finished a run there meanwhile.
-            _lock(out, held, ctx, then=lambda: _check_free(out, overwrite))
+            hold_run_folder(out, held, ctx, then=lambda: _check_free(out, overwrite))
             if ctx.is_main:
                 for stale in ("metrics.json", "history.csv", "model.safetensors", "checkpoint.pt", "summary.txt",
                               "report.html"):
@@ -174,11 +173,12 @@ def resume(run: str | Path | Run, epochs: int | None = None, device: str = "auto
     `trust_code`: the run's model may be `package.module:attr`, imported and run (see runs.open_run).
     Under torchrun every rank reads the run folder, so it must be on a filesystem they share.
     """
+    trust_code = trust_code or (isinstance(run, Run) and run.trust_code)
     path = open_run(run.path if isinstance(run, Run) else run, trust_code=trust_code).path  # checked before locking
     ctx = distributed.setup(resolve_device(device))
     try:
         with contextlib.ExitStack() as held:
-            _lock(path, held, ctx)  # a run still being trained is not resumed under its writer's feet
+            hold_run_folder(path, held, ctx)  # a run still being trained is not resumed under its writer's feet
             previous = open_run(path, trust_code=trust_code)  # read again: its writer may have gone on meanwhile
             config = previous.config
             if ctx.world_size != config["train"].get("processes", 1):
@@ -188,9 +188,11 @@ def resume(run: str | Path | Run, epochs: int | None = None, device: str = "auto
                 )
             state = load_checkpoint(path / "checkpoint.pt") if (path / "checkpoint.pt").exists() else None
             done = state["epoch"] if state is not None else 0
+            within = state is not None and state.get("step", 0) > 0  # its checkpoint is inside epoch done + 1
             if epochs is not None:
-                if epochs < max(1, done):
-                    raise UsageError(f"--epochs {epochs} is fewer than the {done} epochs this run has done")
+                if epochs < max(1, done + within):
+                    raise UsageError(f"--epochs {epochs} is fewer than the {done + within} epochs this run has done "
+                                     f"or begun")
                 config["train"]["epochs"] = epochs
             dataset = load_run_data(previous)
             fit, val = split_for_training(dataset, settings_of(config))
@@ -223,25 +225,6 @@ def _check_free(out: Path, overwrite: bool) -> None:
             f"{out} already holds a run; continue it with --resume {out}, replace it with --overwrite, "
             "or choose another --out"
         )
-
-
-def _lock(folder: Path, held: contextlib.ExitStack, ctx: distributed.Context,
-          then: Callable[[], None] | None = None) -> None:
-    """Rank 0 takes the run folder's lock until `held` closes, then runs the check `then`; should
-    either fail, every rank raises its RunError (the others would wait for rank 0 forever)."""
-    problem = None
-    if ctx.is_main:
-        try:
-            held.enter_context(run_lock(folder))
-            for tmp in folder.glob(".*.tmp"):  # left by a writer killed while writing: never a whole file
-                tmp.unlink(missing_ok=True)
-            if then is not None:
-                then()
-        except RunError as exc:
-            problem = str(exc)
-    problem = distributed.from_main(problem, ctx)
-    if problem is not None:
-        raise RunError(problem)
 
 
 def _check_precision(s: Settings, device: torch.device) -> None:
@@ -320,9 +303,16 @@ def _fit(
         for group in optimizer.param_groups:  # the rate at this step of the schedule over the (new) epochs
             group["lr"] = s.lr * lr_factor(scheduler.last_epoch, total_steps, s)
         torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         best_val, best_epoch = state["best_val_loss"], state["best_epoch"]
         bad_epochs, start, history = state["bad_epochs"], state["epoch"], state["history"]
         start_step = state.get("step", 0)  # a checkpoint within epoch start + 1, after this many steps
+        if start_step >= len(train_loader):
+            raise RunError(f"{out / 'checkpoint.pt'} stands at step {start_step} of an epoch of {len(train_loader)} "
+                           "steps: it is not this run's; start the run again with --overwrite")
+    # A run that stopped early and was cut before its test is finished, not trained on.
+    stopped = s.patience is not None and bad_epochs >= s.patience
     saved_at = _checkpoint_point(start, start_step) if state is not None else None
 
     def checkpoint(epochs_done: int, step: int = 0, totals: torch.Tensor | None = None, seconds: float = 0.0) -> None:
@@ -334,6 +324,7 @@ def _fit(
             {
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                 "epoch": epochs_done, "best_val_loss": best_val, "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs, **within,
             },
@@ -364,7 +355,7 @@ def _fit(
     epoch = start
     try:
         with progress:
-            for epoch in range(start, s.epochs):
+            for epoch in range(start, start if stopped else s.epochs):
                 first = start_step if epoch == start else 0
                 model.train()
                 train_loader.set_epoch(epoch, first)
@@ -407,7 +398,7 @@ def _fit(
                     if ctx.is_main and step + 1 < len(train_loader) and (
                         (s.checkpoint_steps and (step + 1) % s.checkpoint_steps == 0)
                         or (s.checkpoint_seconds and time.perf_counter() - saved >= s.checkpoint_seconds)
-                    ):
+                    ) and math.isfinite(totals[0].item()):  # a diverged state never replaces the last good one
                         checkpoint(epoch, step + 1, totals, earlier + time.perf_counter() - started)
                         saved = time.perf_counter()
                 seconds = earlier + time.perf_counter() - started
@@ -446,10 +437,10 @@ def _fit(
                     console.print(f"early stop: no better validation loss for {s.patience} epochs")
                     break
     except KeyboardInterrupt:
-        saved = (f"it goes on from its last checkpoint ({saved_at}) with" if saved_at
-                 else "nothing was saved yet; it starts again with")
+        then = (f"it goes on from its last checkpoint ({saved_at}) with" if saved_at
+                else "nothing was saved yet; it starts again with")
         raise Interrupted(
-            f"training was interrupted in epoch {epoch + 1} of {s.epochs}; {saved}: cnnlab train --resume {out}"
+            f"training was interrupted in epoch {epoch + 1} of {s.epochs}; {then}: cnnlab train --resume {out}"
         ) from None
 
     if not ctx.is_main:

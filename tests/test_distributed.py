@@ -69,14 +69,14 @@ def test_torchrun_two_processes_match_one(tmp_path):
 def test_torchrun_batch_norm_network_with_early_stopping(tmp_path):
     """Batch norm keeps running statistics per rank, so the ranks take rank 0's validation and stop together."""
     done = torchrun_train("--recipe", "fast", "--subset", "400", "--epochs", "4", "--batch-size", "64",
-                          "--patience", "1", "--out", str(tmp_path / "bn"), "--no-report")
+                          "--patience", "1", "--precision", "fp32", "--out", str(tmp_path / "bn"), "--no-report")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("test accuracy") == 1
     run = cnnlab.open_run(tmp_path / "bn")
     assert run.config["model"] == "fast-cnn-28" and run.config["train"]["processes"] == 2
     assert 1 <= len(run.history) <= 4 and run.metrics["epochs_run"] == len(run.history)
-    # measured 0.54-0.69 over seeds 0-5, fp32 and bf16, AVX-512 and AVX2: the mean 0.63 less 4 sd (0.045); but
-    # seed 3 in bf16 with AMX stops after epoch 2 at chance (0.10): see docs/benchmarks.md, "Test thresholds"
+    # measured 0.54-0.69 over seeds 0-5 in fp32, AVX-512 and AVX2: the mean 0.63 less 4 sd (0.045); fp32 on
+    # every machine, since seed 3 in bf16 with AMX stops after epoch 2 at chance (0.10): docs/benchmarks.md
     assert run.metrics["test_accuracy"] > 0.45
 
 
@@ -127,7 +127,8 @@ def _workers(parent: int) -> dict[int, int]:
 
 def _train_until_first_epoch(tmp_path: Path) -> tuple[subprocess.Popen, dict[int, int]]:
     """torchrun training (for far more epochs than the test waits), once rank 0 has written epoch 1."""
-    env = {**os.environ, distributed.TIMEOUT_ENV: "3"}
+    # Short, but not so short that a rank slow to import torch on a busy machine misses the group's start.
+    env = {**os.environ, distributed.TIMEOUT_ENV: "8"}
     command = torchrun_command("train", "--model", "seed-mlp", "--subset", "400", "--epochs", "10000",
                                "--no-report", "--out", str(tmp_path / "run"))
     torchrun = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -168,7 +169,7 @@ def test_torchrun_killed_rank_stops_the_run(tmp_path):
 @needs_torchrun_on_linux
 def test_torchrun_hung_rank_times_out(tmp_path):
     """A rank that stops answering (SIGSTOP: alive, holding its connections) is noticed only by the
-    timeout: rank 0 gives up after $CNNLAB_DIST_TIMEOUT (3 s here) with a cnnlab error, not after 30 min."""
+    timeout: rank 0 gives up after $CNNLAB_DIST_TIMEOUT (8 s here) with a cnnlab error, not after 30 min."""
     torchrun, workers = _train_until_first_epoch(tmp_path)
     try:
         stopped = time.monotonic()
@@ -181,11 +182,11 @@ def test_torchrun_hung_rank_times_out(tmp_path):
     finally:
         if torchrun.poll() is None:
             os.killpg(torchrun.pid, signal.SIGKILL)
-    assert 3 <= waited < 20, stderr[-3000:]
+    assert 8 <= waited < 30, stderr[-3000:]
     assert torchrun.returncode != 0
     assert ("error: rank 0 of 2: another process of this torchrun run stopped answering" in stderr
-            and f"more than 3 s with {distributed.TIMEOUT_ENV}=SECONDS" in stderr
-            and "Timed out waiting 3000ms" in stderr), stderr[-3000:]
+            and f"more than 8 s with {distributed.TIMEOUT_ENV}=SECONDS" in stderr
+            and "PyTorch said: " in stderr), stderr[-3000:]
     assert "Traceback" not in stderr.split("error: rank 0 of 2")[0], stderr[-3000:]
     root_cause = stderr.split("Root Cause")[-1]
     assert "rank      : 0 (local_rank: 0)" in root_cause and "exitcode  : 2" in root_cause, stderr[-3000:]

@@ -132,3 +132,30 @@ def test_a_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
     torch.save(state, run.path / "checkpoint.pt")
     with pytest.raises(RunError, match=r"checkpoint\.pt does not fit the run's model \(.*size mismatch.*--overwrite"):
         cnnlab.resume(run.path, epochs=2, verbose=False, report=False)
+
+
+def test_an_early_stopped_run_cut_before_its_test_is_finished_not_trained_on(tmp_path):
+    run = cnnlab.train("seed-mlp", "sample", subset=300, epochs=40, lr=3e-3, patience=2, out=tmp_path / "r",
+                       verbose=False, report=False)
+    epochs = len(run.history)
+    assert epochs < 40
+    (run.path / "metrics.json").unlink()  # as if killed while testing the best weights
+    resumed = cnnlab.resume(run.path, verbose=False, report=False)
+    assert len(resumed.history) == epochs and resumed.metrics["test_accuracy"] == run.metrics["test_accuracy"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"step": -1}, "impossible position within an epoch"),
+    ({"step": 3}, "impossible position within an epoch"),  # no totals, no seconds
+    ({"step": 10_000, "totals": [0.0, 0.0, 0.0], "epoch_seconds": 1.0}, "stands at step 10000 of an epoch of"),
+    ({"rng": [1.5]}, "random number generator"),
+])
+def test_a_damaged_position_within_an_epoch_is_a_clear_error(tmp_path, change, message):
+    import torch
+
+    run = cnnlab.train("seed-mlp", "sample", subset=300, epochs=1, out=tmp_path / "run", verbose=False, report=False)
+    state = torch.load(run.path / "checkpoint.pt", weights_only=True)
+    state.update({k: torch.tensor(v) if isinstance(v, list) else v for k, v in change.items()})
+    torch.save(state, run.path / "checkpoint.pt")
+    with pytest.raises(RunError, match=message):
+        cnnlab.resume(run.path, epochs=2, verbose=False, report=False)

@@ -44,14 +44,30 @@ def test_native_bf16_on_avx512_means_bf16(monkeypatch):
     assert choice.precision == "bf16" and "native bf16" in choice.why
 
 
+@pytest.fixture
+def fresh_timing():
+    """The timed choice is made once a process; each of these tests times anew."""
+    machine._timed_choice.cache_clear()
+    yield
+    machine._timed_choice.cache_clear()
+
+
 @pytest.mark.parametrize(("bf16", "expected"), [(0.5, "bf16"), (0.9, "fp32"), (2.0, "fp32")])
-def test_inconclusive_flags_are_settled_by_timing(monkeypatch, bf16, expected):
+def test_inconclusive_flags_are_settled_by_timing(monkeypatch, fresh_timing, bf16, expected):
     """bf16 must beat fp32 by the margin (1.15x) to be taken; a tie keeps fp32's exactness."""
     monkeypatch.setattr(machine, "cpu_has_bf16", lambda: None)
     monkeypatch.setattr(machine, "time_steps", lambda *a, **k: {"fp32": 1.0, "bf16": bf16})
     choice = machine.choose_precision("auto", CPU)
     assert choice.precision == expected
     assert f"{bf16 * 1e3:.1f} ms in bf16 and 1000.0 ms in fp32" in choice.why
+
+
+def test_a_timed_choice_holds_for_the_whole_process(monkeypatch, fresh_timing):
+    """Every model of a comparison must train in the same precision, however the timings wobble."""
+    timings = iter([{"fp32": 1.0, "bf16": 0.5}, {"fp32": 1.0, "bf16": 2.0}])
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: None)
+    monkeypatch.setattr(machine, "time_steps", lambda *a, **k: next(timings))
+    assert machine.choose_precision("auto", CPU) == machine.choose_precision("auto", CPU)
 
 
 def test_timing_a_step_is_real_and_leaves_the_random_numbers_alone():
