@@ -249,8 +249,8 @@ def machine_info(facts: dict[str, Any], fmt: str = "table") -> str:
         ("device", facts["device"] + (f"; CUDA: {', '.join(facts['cuda'])}" if facts["cuda"] else "; no CUDA GPU")),
         ("CPU capability", f"{facts['cpu_capability']} (the kernels PyTorch dispatches); native bf16: "
                            f"{yes_no[facts['cpu_bf16']]}"),
-        ("oneDNN", f"{onednn['version'] or '-'}, limited to {onednn['max_cpu_isa']}" if onednn["max_cpu_isa"]
-         else f"{onednn['version'] or '-'}, every ISA of the CPU"),
+        ("oneDNN", f"{onednn['version'] or '-'}, dispatching {onednn['isa'] or 'an ISA it does not name'}"
+         + (f" (limited to {onednn['max_cpu_isa']})" if onednn["max_cpu_isa"] else "")),
         ("environment", ", ".join(f"{k}={v}" for k, v in facts["env"].items()) or "-"),
         ("threads", f"{facts['threads']} (inter-op {facts['interop_threads']}) on {facts['cores']} cores"),
         ("precision", f"the fast recipes train in {facts['precision']['auto']} here: {facts['precision']['why']}"),

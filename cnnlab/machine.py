@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,29 @@ def onednn_version() -> str | None:
     """oneDNN's version as PyTorch's build configuration names it (e.g. "3.12.0")."""
     found = re.search(r"MKL-DNN v([\w.]+)", torch.__config__.show())
     return found.group(1) if found else None
+
+
+@functools.lru_cache(maxsize=None)  # oneDNN prints its header once a process
+def onednn_isa() -> str | None:
+    """The instruction set oneDNN dispatches here, as its verbose header names it (e.g. "Intel AVX2"):
+    a convolution large enough for PyTorch to hand it to oneDNN, its standard output caught at the
+    file descriptor (oneDNN writes there from C++). None if oneDNN is missing or said it already."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON), torch.no_grad():
+                F.conv2d(torch.zeros(8, 32, 28, 28), torch.zeros(64, 32, 3, 3))
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        caught.seek(0)
+        text = caught.read().decode("utf-8", errors="replace")
+    found = re.search(r",isa:([^\n]+)", text)
+    return found.group(1).strip() if found else None
 
 
 def _probe_net() -> nn.Module:
@@ -214,7 +238,7 @@ def info(device: torch.device, measure: bool = True) -> dict[str, Any]:
         if torch.cuda.is_available() else [],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16": cpu_has_bf16(),
-        "onednn": {"version": onednn_version(), "max_cpu_isa": onednn_isa_limit()},
+        "onednn": {"version": onednn_version(), "isa": onednn_isa(), "max_cpu_isa": onednn_isa_limit()},
         "env": {name: os.environ.get(name) for name in (
             "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if os.environ.get(name)},
         "threads": torch.get_num_threads(),

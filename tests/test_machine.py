@@ -93,6 +93,8 @@ def test_info_as_json(capsys):
     assert facts["versions"]["torch"] == torch.__version__
     assert facts["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert facts["threads"] == torch.get_num_threads()
+    if torch.backends.mkldnn.is_available():  # what oneDNN says it dispatches, e.g. "Intel AVX2"
+        assert isinstance(facts["onednn"]["isa"], str) and facts["onednn"]["isa"]
     assert facts["precision"]["auto"] == machine.choose_precision("auto", CPU).precision
     speed = facts["fast_cnn_28_images_per_second"]
     assert "fp32" in speed and all(v > 0 for v in speed.values())
