@@ -113,6 +113,23 @@ def _probe_net() -> nn.Module:
     )
 
 
+def _train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                precision: str) -> float:
+    """One training step (forward, backward, optimizer) as train.py takes it; its seconds."""
+    device = x.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = F.cross_entropy(net(x).float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
 def time_steps(device: torch.device, batch: int = 32, repeats: int = 3) -> dict[str, float]:
     """Seconds of one training step (forward, backward, SGD) of a small CNN in fp32 and in bf16: the
     best of `repeats`, after one step of each to warm up (the first builds the kernels). The two
@@ -127,18 +144,9 @@ def time_steps(device: torch.device, batch: int = 32, repeats: int = 3) -> dict[
         best = {p: float("inf") for p in nets}
         for i in range(repeats + 1):
             for precision, net in nets.items():
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                started = time.perf_counter()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    loss = F.cross_entropy(net(x).float(), y)
-                optimizers[precision].zero_grad(set_to_none=True)
-                loss.backward()
-                optimizers[precision].step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                took = _train_step(net, optimizers[precision], x, y, precision)
                 if i:
-                    best[precision] = min(best[precision], time.perf_counter() - started)
+                    best[precision] = min(best[precision], took)
         return best
     finally:
         torch.set_rng_state(torch_state)
@@ -187,9 +195,9 @@ def choose_precision(asked: str, device: torch.device) -> Choice:
 
 def images_per_second(precision: str, device: torch.device, seconds: float = 1.5, channels_last: bool = True) -> float:
     """Training images per second of the fast recipe's model for Fashion-MNIST (fast-cnn-28, batch 256)."""
-    layout = torch.channels_last if channels_last else torch.contiguous_format
     from .models import get_model
 
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     torch_state = torch.get_rng_state()
     try:
         torch.manual_seed(0)
@@ -197,22 +205,12 @@ def images_per_second(precision: str, device: torch.device, seconds: float = 1.5
         optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
         x = torch.randn(256, 1, 28, 28).to(device, memory_format=layout)
         y = torch.randint(0, 10, (256,), device=device)
-        images, started, warm = 0, 0.0, False
-        while True:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = F.cross_entropy(net(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if not warm:  # the first step builds the kernels; count from the second
-                warm, started = True, time.perf_counter()
-                continue
+        _train_step(net, optimizer, x, y, precision)  # the first step builds the kernels; count from the second
+        images, elapsed = 0, 0.0
+        while elapsed < seconds:
+            elapsed += _train_step(net, optimizer, x, y, precision)
             images += len(x)
-            elapsed = time.perf_counter() - started
-            if elapsed >= seconds:
-                return images / elapsed
+        return images / elapsed
     finally:
         torch.set_rng_state(torch_state)
 
