@@ -90,8 +90,7 @@ def compare(
     for model in models:  # two specs are both "spec": number them
         name = short_name(model)
         folders.append(name if name not in folders else f"{name}-{len(folders) + 1}")
-    ctx = distributed.setup(resolve_device(device))
-    try:
+    with distributed.session(resolve_device(device)):
         runs = [
             train(
                 model, data, data_dir=data_dir, image_size=image_size, channels=channels,
@@ -100,8 +99,6 @@ def compare(
             )
             for model, folder in zip(models, folders)
         ]
-    finally:
-        distributed.teardown(ctx)
     if any(run is None for run in runs):  # a rank other than 0 under torchrun: rank 0 has the runs
         return None
     page = None

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -100,6 +102,20 @@ def raise_if_peer_stopped(exc: RuntimeError, ctx: Context) -> None:
         f"only need longer (a slow disk, a long validation on rank 0) can wait more than {timeout():g} s with "
         f"{TIMEOUT_ENV}=SECONDS. PyTorch said: {said}"
     ) from exc
+
+
+@contextmanager
+def session(device: torch.device) -> Iterator[Context]:
+    """`setup` ... `teardown` around a block; a collective that fails there because another rank
+    died or hangs becomes a TrainingError that says so (raise_if_peer_stopped)."""
+    ctx = setup(device)
+    try:
+        yield ctx
+    except RuntimeError as exc:
+        raise_if_peer_stopped(exc, ctx)
+        raise
+    finally:
+        teardown(ctx)
 
 
 def rank_device(device: torch.device, ctx: Context) -> torch.device:

@@ -92,8 +92,7 @@ def train(
     name = dataset if isinstance(dataset, str) else dataset.name
     recipe_model, s = settings_for(recipe, name, settings)
     model = model or recipe_model
-    ctx = distributed.setup(resolve_device(device))
-    try:
+    with distributed.session(resolve_device(device)) as ctx:
         if s.batch_size % ctx.world_size:
             raise UsageError(
                 f"the batch size {s.batch_size} does not split evenly over {ctx.world_size} processes; "
@@ -152,16 +151,8 @@ def train(
                     (out / stale).unlink(missing_ok=True)  # an overwritten run must not mix with the old one
                 write_json(out / "config.json", config)
             run = _fit(net, dataset, fit, val, config, out, target, None, verbose, ctx)
-            if run is not None and report:
-                from .report import after_training  # matplotlib is imported only when a report is written
-
-                after_training(run, dataset, device, verbose)
+            _report(run, dataset, device, verbose, report)
         return run
-    except RuntimeError as exc:  # a collective failed: another rank died or hangs
-        distributed.raise_if_peer_stopped(exc, ctx)
-        raise
-    finally:
-        distributed.teardown(ctx)
 
 
 def resume(run: str | Path | Run, epochs: int | None = None, device: str = "auto", verbose: bool = True,
@@ -175,48 +166,47 @@ def resume(run: str | Path | Run, epochs: int | None = None, device: str = "auto
     """
     trust_code = trust_code or (isinstance(run, Run) and run.trust_code)
     path = open_run(run.path if isinstance(run, Run) else run, trust_code=trust_code).path  # checked before locking
-    ctx = distributed.setup(resolve_device(device))
-    try:
-        with contextlib.ExitStack() as held:
-            hold_run_folder(path, held, ctx)  # a run still being trained is not resumed under its writer's feet
-            previous = open_run(path, trust_code=trust_code)  # read again: its writer may have gone on meanwhile
-            config = previous.config
-            if ctx.world_size != config["train"].get("processes", 1):
-                raise UsageError(
-                    f"{path} was trained by {config['train'].get('processes', 1)} processes; resume it with "
-                    "as many (each takes its share of every batch, and the batch must split the same way)"
-                )
-            state = load_checkpoint(path / "checkpoint.pt") if (path / "checkpoint.pt").exists() else None
-            done = state["epoch"] if state is not None else 0
-            within = state is not None and state.get("step", 0) > 0  # its checkpoint is inside epoch done + 1
-            if epochs is not None:
-                if epochs < max(1, done + within):
-                    raise UsageError(f"--epochs {epochs} is fewer than the {done + within} epochs this run has done "
-                                     f"or begun")
-                config["train"]["epochs"] = epochs
-            dataset = load_run_data(previous)
-            fit, val = split_for_training(dataset, settings_of(config))
-            if state is None:
-                torch.manual_seed(settings_of(config).seed)  # the same first weights as the run began with
-            net = previous.build_model(weights=False)
-            target = distributed.rank_device(resolve_device(device), ctx)
-            _check_precision(settings_of(config), target)
-            distributed.barrier(ctx)  # every rank has read config.json before rank 0 rewrites it
-            if ctx.is_main:
-                write_json(path / "config.json", config)
-            if state is not None:
-                state["history"] = previous.history[:done]  # a row written after the checkpoint is redone
-            finished = _fit(net, dataset, fit, val, config, path, target, state, verbose, ctx)
-            if finished is not None and report:
-                from .report import after_training
-
-                after_training(finished, dataset, device, verbose)
+    with distributed.session(resolve_device(device)) as ctx, contextlib.ExitStack() as held:
+        hold_run_folder(path, held, ctx)  # a run still being trained is not resumed under its writer's feet
+        previous = open_run(path, trust_code=trust_code)  # read again: its writer may have gone on meanwhile
+        config = previous.config
+        if ctx.world_size != config["train"].get("processes", 1):
+            raise UsageError(
+                f"{path} was trained by {config['train'].get('processes', 1)} processes; resume it with "
+                "as many (each takes its share of every batch, and the batch must split the same way)"
+            )
+        state = load_checkpoint(path / "checkpoint.pt") if (path / "checkpoint.pt").exists() else None
+        done = state["epoch"] if state is not None else 0
+        within = state is not None and state.get("step", 0) > 0  # its checkpoint is inside epoch done + 1
+        if epochs is not None:
+            if epochs < max(1, done + within):
+                raise UsageError(f"--epochs {epochs} is fewer than the {done + within} epochs this run has done "
+                                 f"or begun")
+            config["train"]["epochs"] = epochs
+        s = settings_of(config)
+        dataset = load_run_data(previous)
+        fit, val = split_for_training(dataset, s)
+        if state is None:
+            torch.manual_seed(s.seed)  # the same first weights as the run began with
+        net = previous.build_model(weights=False)
+        target = distributed.rank_device(resolve_device(device), ctx)
+        _check_precision(s, target)
+        distributed.barrier(ctx)  # every rank has read config.json before rank 0 rewrites it
+        if ctx.is_main:
+            write_json(path / "config.json", config)
+        if state is not None:
+            state["history"] = previous.history[:done]  # a row written after the checkpoint is redone
+        finished = _fit(net, dataset, fit, val, config, path, target, state, verbose, ctx)
+        _report(finished, dataset, device, verbose, report)
         return finished
-    except RuntimeError as exc:  # a collective failed: another rank died or hangs
-        distributed.raise_if_peer_stopped(exc, ctx)
-        raise
-    finally:
-        distributed.teardown(ctx)
+
+
+def _report(run: Run | None, dataset: ImageData, device: str, verbose: bool, report: bool) -> None:
+    """The run's report.html at the end of training, on rank 0 (`run` is None on the others)."""
+    if run is not None and report:
+        from .report import after_training  # matplotlib is imported only when a report is written
+
+        after_training(run, dataset, device, verbose)
 
 
 def _check_free(out: Path, overwrite: bool) -> None:
@@ -338,7 +328,8 @@ def _fit(
         write_text(out / "summary.txt", summary_table(summary, explain=True) + "\n")
     console.print(summary_table(summary) + "\n", markup=False)
     console.print(
-        f"[bold]{escape(short_name(config['model']))}[/] on [bold]{escape(dataset.name)}[/]: {config['parameters']:,} parameters, "
+        f"[bold]{escape(short_name(config['model']))}[/] on [bold]{escape(dataset.name)}[/]: "
+        f"{config['parameters']:,} parameters, "
         f"{len(fit):,} training / {len(val):,} validation images {tuple(dataset.input_shape)}, "
         f"{_describe(s, device, ctx)}; run folder {out}"
     )

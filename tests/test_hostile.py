@@ -220,6 +220,19 @@ def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_run, run))
 
 
+def _run_whose_config_holds(tiny_run: Path, tmp_path: Path, field: tuple[str, ...], value: object) -> Path:
+    """A copy of the tiny run whose config.json has `value` at the nested `field`."""
+    run = _copy_run(tiny_run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    *parents, key = field
+    target = config
+    for p in parents:
+        target = target[p]
+    target[key] = value
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | FLOATS | st.text(max_size=5),
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
                     max_leaves=6)
@@ -231,14 +244,7 @@ CONFIG_FIELDS = [("model",), ("parameters",), ("data",), ("train",), ("data", "c
 @FAST
 @given(field=st.sampled_from(CONFIG_FIELDS), value=JSON)
 def test_random_config_values(capsys, tmp_path, tiny_run, small_png, field, value):
-    run = _copy_run(tiny_run, tmp_path)
-    config = json.loads((run / "config.json").read_text())
-    *parents, key = field
-    target = config
-    for p in parents:
-        target = target[p]
-    target[key] = value
-    (run / "config.json").write_text(json.dumps(config))
+    run = _run_whose_config_holds(tiny_run, tmp_path, field, value)
     assert_clean(cli(capsys, "predict", run, small_png))
 
 
@@ -353,24 +359,14 @@ def test_non_utf8_and_markup_names_train_report_and_show(capsys, tmp_path):
     ],
 )
 def test_config_field_of_the_wrong_type(capsys, tmp_path, tiny_run, small_png, field, value, found, expected):
-    run = _copy_run(tiny_run, tmp_path)
-    config = json.loads((run / "config.json").read_text())
-    *parents, key = field
-    target = config
-    for p in parents:
-        target = target[p]
-    target[key] = value
-    (run / "config.json").write_text(json.dumps(config))
+    run = _run_whose_config_holds(tiny_run, tmp_path, field, value)
     err = assert_error(cli(capsys, "predict", run, small_png), f"{run / 'config.json'}: the field '{'.'.join(field)}'",
                        f"holds {found}, but cnnlab expects {expected}")
     assert "put back the value cnnlab wrote, or train the run again" in err
 
 
 def test_config_settings_that_fail_the_checks(capsys, tmp_path, tiny_run, small_png):
-    run = _copy_run(tiny_run, tmp_path)
-    config = json.loads((run / "config.json").read_text())
-    config["train"]["epochs"] = 0
-    (run / "config.json").write_text(json.dumps(config))
+    run = _run_whose_config_holds(tiny_run, tmp_path, ("train", "epochs"), 0)
     assert_error(cli(capsys, "filters", run, "--out", tmp_path / "f.png"), "config.json: the training settings",
                  "--epochs and --batch-size must be at least 1")
     assert not (tmp_path / "f.png").exists()
