@@ -8,8 +8,14 @@ export CNNLAB_TEST_DATA ?= $(abspath ../shared/datasets)
 
 .PHONY: install browser demo test benchmarks clean
 
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu: PyTorch's CPU-only wheels first (about 200 MB of torch where
+# PyPI's default Linux wheel brings some 3 GB of CUDA libraries); the install below keeps them, as they satisfy it.
+TORCH_INDEX ?=
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet --disable-pip-version-check torch torchvision \
+	  --index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 

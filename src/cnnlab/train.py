@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +46,16 @@ def split_for_training(dataset: ImageData, s: Settings) -> tuple[Split, Split]:
                          f"{dataset.name}; give at most {len(dataset.train):,}, or leave it out to train on all")
     train_split = dataset.train.take(slice(0, s.subset)) if s.subset else dataset.train
     return train_val_split(train_split, s.val_fraction, s.seed)
+
+
+def subset_cap(subset: int | None, available: int) -> int | None:
+    """`subset`, capped by $CNNLAB_SUBSET: a quick run for smoke tests (the README's test sets it)."""
+    cap = os.environ.get("CNNLAB_SUBSET")
+    if not cap:
+        return subset
+    if not cap.isdigit() or int(cap) < 2:
+        raise UsageError(f"CNNLAB_SUBSET={cap!r} is not a number of images (2 or more); unset it to train on all")
+    return min(subset or available, int(cap), available)
 
 
 def default_out(model: str, dataset: str) -> Path:
@@ -117,6 +128,10 @@ def train(
             raise RunError(f"--out {out} is a file; a run needs a folder")
         _check_free(out, overwrite)
 
+        capped = subset_cap(s.subset, len(dataset.train))
+        if capped != s.subset and ctx.is_main and verbose:
+            print(f"CNNLAB_SUBSET is set: training on the first {capped:,} of {len(dataset.train):,} images")
+        s.subset = capped  # stored in config.json, so --resume trains on the same images
         fit, val = split_for_training(dataset, s)
         if len(fit) < ctx.world_size:
             raise UsageError(f"{len(fit)} training images cannot be shared among {ctx.world_size} processes")
