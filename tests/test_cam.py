@@ -8,8 +8,10 @@ import torchvision
 from torch import nn
 
 import cnnlab
+from cnnlab import inside
 from cnnlab.cam import grad_cam
 from cnnlab.errors import UsageError
+from test_inside import blank_at_the_last_maps
 
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
@@ -142,5 +144,40 @@ def test_a_map_with_no_positive_evidence_is_zero():
         model[0].weight.fill_(1.0)
         model[0].bias.zero_()
         model[2].weight.fill_(-1.0)
+        model[2].weight[1].fill_(1.0)  # class 1: every weight +1, every weighted sum > 0
     cam = grad_cam(model, torch.ones(1, 1, 8, 8), "0", target=0)
     assert torch.equal(cam.maps, torch.zeros(1, 8, 8)) and torch.equal(cam.raw, torch.zeros(1, 6, 6))
+    assert cam.empty.tolist() == [True]
+    assert grad_cam(model, torch.ones(1, 1, 8, 8), "0", target=1).empty.tolist() == [False]
+
+
+def test_blank_maps_are_flagged_and_an_earlier_convolution_shows_the_evidence():
+    torch.manual_seed(4)
+    model, x = blank_at_the_last_maps(), torch.randn(3, 1, 8, 8)  # each image has pixels of both signs
+    last = grad_cam(model, x)
+    assert last.layer == "1" and last.empty.tolist() == [True, True, True]
+    torch.testing.assert_close(last.maps, package_cam(model, x, "1", None), atol=2e-5, rtol=0)  # both blank
+    conv = grad_cam(model, x, "0")
+    assert conv.empty.tolist() == [False, False, False]
+    share = (x > 0).float().mean(dim=(1, 2, 3))  # (N,)
+    torch.testing.assert_close(conv.raw, share[:, None, None] * torch.relu(-x[:, 0]))
+    default, shown = inside.evident_cam(model, x)
+    assert default.layer == "1" and shown.layer == "0" and not shown.empty.any()
+    fig = inside.cam_figure(model, default, x.sigmoid(), ["a", "b"])
+    maps = fig.axes[3:]  # the bottom row
+    assert [ax.get_xlabel() for ax in maps] == ["no positive evidence at 1:\nevery weighted sum ≤ 0"] * 3
+    assert all(len(ax.images) == 1 for ax in maps)  # the image alone: no heat map laid over it
+    fig = inside.cam_figure(model, shown, x.sigmoid(), ["a", "b"])
+    assert [ax.get_xlabel() for ax in fig.axes[3:]] == [""] * 3 and all(len(ax.images) == 2 for ax in fig.axes[3:])
+
+
+def test_evident_cam_keeps_the_last_maps_where_most_show_evidence():
+    torch.manual_seed(0)
+    model, x = cnnlab.get_model("seed-cnn", (1, 28, 28)).eval(), torch.randn(4, 1, 28, 28)
+    default, shown = inside.evident_cam(model, x)
+    assert shown is default and default.layer == "5" and not default.empty.any()
+    no_conv = nn.Sequential(nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(16, 2))  # nothing earlier to try
+    with torch.no_grad():
+        no_conv[3].weight.fill_(-1.0)
+    default, shown = inside.evident_cam(no_conv, x[:, :, :8, :8])
+    assert shown is default and default.layer == "1" and default.empty.all()

@@ -3,6 +3,9 @@ featuremaps / filters / cam commands on a trained run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -168,3 +171,36 @@ def test_views_of_an_mlp_run(tmp_path, capsys):
     assert "Grad-CAM needs feature maps (N, channels, height, width) larger than 1x1" in capsys.readouterr().err
     assert main(["filters", str(run.path), "--layer", "3"]) == 2  # the output layer: 1000 features, not pixels
     assert "'3' is a linear layer on 1000 features, not on the 784 pixels of the image" in capsys.readouterr().err
+
+
+def blank_at_the_last_maps(pixels: int = 64, classes: int = 2) -> nn.Module:
+    """conv 1x1 (identity), ReLU, a linear layer with every weight -1 on the flattened maps. At the ReLU,
+    alpha = -1 and A >= 0: every weighted sum is <= 0, so the map is blank. At the convolution, before
+    the ReLU, the gradient is -1 only where A > 0: alpha = -(share of positive pixels) < 0, and
+    alpha * A > 0 where A < 0: evidence there."""
+    model = nn.Sequential(nn.Conv2d(1, 1, 1), nn.ReLU(), nn.Flatten(), nn.Linear(pixels, classes))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].bias.zero_()
+        model[3].weight.fill_(-1.0)
+        model[3].bias.zero_()
+    return model
+
+
+def test_cam_command_says_where_its_maps_are_blank(tmp_path, monkeypatch):
+    """Each blank tile says so, and the title names the layer that shows the evidence."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 1, 8, 8)
+    run = SimpleNamespace(classes=["a", "b"])
+    monkeypatch.setattr(inside, "_run_and_images", lambda *args: (run, blank_at_the_last_maps(), x.sigmoid(), x))
+    drawn = []
+    monkeypatch.setattr(inside.viz, "save", lambda fig, out: drawn.append(fig) or Path(out))
+    inside.cam(run, ["p.png", "q.png"], out=tmp_path / "c.png")
+    inside.cam(run, ["p.png", "q.png"], layer="0", out=tmp_path / "c0.png")
+    default, at_conv = drawn
+    assert default.texts[0].get_text() == ("Grad-CAM at 1 (ReLU, 8x8): where the evidence lies\n"
+                                          "no positive evidence here for 2 of 2; --layer 0 finds it for 2")
+    why = "no positive evidence at 1:\nevery weighted sum ≤ 0"
+    assert [ax.get_xlabel() for ax in default.axes[2:]] == [why, why]
+    assert at_conv.texts[0].get_text() == "Grad-CAM at 0 (Conv2d, 8x8): where the evidence lies"
+    assert [ax.get_xlabel() for ax in at_conv.axes[2:]] == ["", ""]

@@ -43,8 +43,10 @@ def test_confusion_shows_row_shares():
     fig = viz.confusion(matrix, ["a", "b", "c"])
     shares = fig.axes[0].images[0].get_array()
     np.testing.assert_allclose(shares, [[0.8, 0.2, 0], [0.25, 0.75, 0], [0, 0, 0]])
-    texts = sorted(t.get_text() for t in fig.axes[0].texts)
-    assert texts == ["20", "25", "75", "80"]  # every non-zero cell in percent
+    texts = {tuple(t.get_position()): t.get_text() for t in fig.axes[0].texts}  # (predicted, true): text
+    assert len(fig.axes[0].texts) == len(texts) == 9  # every cell, zeros included
+    assert texts == {(p, t): str(n) for t, row in enumerate(matrix) for p, n in enumerate(row)}  # its count
+    assert viz.confusion([[1000, 0], [0, 1]], ["a", "b"]).axes[0].texts[0].get_text() == "1,000"
 
 
 def test_tile_places_maps_in_rows_with_gaps():
@@ -83,3 +85,12 @@ def test_cam_grid_lays_each_map_over_its_image():
     overlay = fig.axes[4].images[1]
     np.testing.assert_allclose(overlay.get_array(), maps[1].numpy())
     assert math.isclose(overlay.get_alpha(), 0.5)
+
+
+def test_cam_grid_leaves_a_blank_map_off_its_image_and_says_why():
+    images, maps = torch.rand(2, 1, 16, 16), torch.rand(2, 16, 16)
+    maps[1] = 0
+    why = "no positive evidence at 5:\nevery weighted sum ≤ 0"
+    fig = viz.cam_grid(images, maps, ["a", "b"], "title", blank=["", why])
+    assert [len(ax.images) for ax in fig.axes[2:]] == [2, 1]  # a heat map over the first image only
+    assert [ax.get_xlabel() for ax in fig.axes[2:]] == ["", why]

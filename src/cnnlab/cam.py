@@ -30,6 +30,12 @@ class Cam:
     classes: torch.Tensor  # (N,) the class each map explains
     probabilities: torch.Tensor  # (N, classes) the model's softmax for each image
 
+    @property
+    def empty(self) -> torch.Tensor:
+        """(N,) True where a map holds no positive evidence: every weighted sum is <= 0, the ReLU leaves
+        nothing, and the map is all 0 (a blank picture, not a faint one)."""
+        return self.raw.flatten(1).amax(1) <= 0
+
 
 def grad_cam(model: nn.Module, x: torch.Tensor, layer: str | None = None,
              target: int | torch.Tensor | None = None) -> Cam:

@@ -130,15 +130,39 @@ def filter_figure(name: str, weight: torch.Tensor, input_shape: tuple[int, int, 
                       "red > 0 > blue", cmap="RdBu_r", columns=kept.shape[1])
 
 
-def cam_figure(model: nn.Module, shown: torch.Tensor, x: torch.Tensor, classes: list[str], layer: str | None = None,
-               target: int | None = None, true: list[int] | None = None, names: list[str] | None = None
-               ) -> tuple[Figure, Cam]:
-    """Grad-CAM for the images `shown` (N, C, H, W in [0, 1]), normalized as x, and the maps themselves.
+def evident_cam(model: nn.Module, x: torch.Tensor, target: int | None = None) -> tuple[Cam, Cam]:
+    """Grad-CAM at the last feature maps, and the one to show: the same, unless it finds no positive
+    evidence for most images; then the latest earlier convolution that finds it for all of them, else for
+    the most (the last feature maps if none does better).
 
-    layer: None looks at the last feature maps (see `cam.grad_cam`)."""
-    cam = grad_cam(model, x, layer, target)
-    captions = []
-    for i in range(len(x)):
+    Grad-CAM weighs each channel by its gradient averaged over the positions. When a linear layer weighs
+    each position on its own (a small CNN that flattens its last maps), that average can be negative for
+    every channel that fires, and the map is blank; an earlier layer, before a ReLU, can still show where
+    the evidence lies."""
+    last = best = grad_cam(model, x, None, target)
+    if 2 * int(last.empty.sum()) <= len(x):
+        return last, last
+    for name in reversed(conv_layers(model)):
+        if name == last.layer:
+            continue
+        try:
+            cam = grad_cam(model, x, name, target)
+        except UsageError:  # a convolution the forward pass does not call
+            continue
+        if cam.raw.shape[1] * cam.raw.shape[2] > 1 and int(cam.empty.sum()) < int(best.empty.sum()):
+            best = cam
+            if not best.empty.any():
+                break
+    return last, best
+
+
+def cam_figure(model: nn.Module, cam: Cam, shown: torch.Tensor, classes: list[str], true: list[int] | None = None,
+               names: list[str] | None = None, note: str = "") -> Figure:
+    """The Grad-CAM maps `cam` over the images `shown` (N, C, H, W in [0, 1]); a blank map says why under it.
+
+    note: a line added to the title."""
+    captions, blank = [], []
+    for i in range(len(shown)):
         c = int(cam.classes[i])
         predicted = int(cam.probabilities[i].argmax())
         caption = f"{classes[predicted]} {cam.probabilities[i, predicted]:.0%}"
@@ -146,9 +170,10 @@ def cam_figure(model: nn.Module, shown: torch.Tensor, x: torch.Tensor, classes: 
         if c != predicted:
             caption += f"\nmap for {classes[c]} {cam.probabilities[i, c]:.0%}"
         captions.append((names[i] + "\n" if names else "") + caption)
+        blank.append(f"no positive evidence at {cam.layer}:\nevery weighted sum ≤ 0" if cam.empty[i] else "")
     kind = type(dict(model.named_modules())[cam.layer]).__name__
     title = f"Grad-CAM at {cam.layer} ({kind}, {cam.raw.shape[1]}x{cam.raw.shape[2]}): where the evidence lies"
-    return viz.cam_grid(shown, cam.maps, captions, title), cam
+    return viz.cam_grid(shown, cam.maps, captions, title + (f"\n{note}" if note else ""), blank)
 
 
 def _run_and_images(run: str | Path | Run, paths: list[str | Path], invert: bool
@@ -201,5 +226,11 @@ def cam(run: str | Path | Run, images: list[str | Path], layer: str | None = Non
         if target not in run.classes:
             raise UsageError(f"unknown class {target!r}; the run's classes are {', '.join(run.classes)}")
         index = run.classes.index(target)
-    fig, _ = cam_figure(model, shown, x, run.classes, layer, index, names=[Path(p).name for p in images])
-    return viz.save(fig, out)
+    names = [Path(p).name for p in images]
+    if layer is not None:
+        return viz.save(cam_figure(model, grad_cam(model, x, layer, index), shown, run.classes, names=names), out)
+    # The command keeps to the last feature maps, as documented; where they are blank, it names a layer that is not.
+    last, better = evident_cam(model, x, index)
+    note = "" if better is last else (f"no positive evidence here for {int(last.empty.sum())} of {len(x)}; "
+                                      f"--layer {better.layer} finds it for {int((~better.empty).sum())}")
+    return viz.save(cam_figure(model, last, shown, run.classes, names=names, note=note), out)

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from . import inside, viz
+from .cam import Cam
 from .data import BatchLoader, ImageData
 from .data.augment import augment
 from .evaluate import EVAL_BATCH, Evaluation, collect_logits, evaluation_of, resolve_device, run_model
@@ -245,12 +246,35 @@ def cam_section(f: Findings) -> str:
     chosen = one_per_class(f.data.test.y, CAM_IMAGES)  # the first of each class: typical images, mistakes included
     raw, x = _test_images(f, chosen)
     try:
-        fig, cam = inside.cam_figure(f.model, raw.float() / 255, x, f.run.classes,
-                                     true=f.data.test.y[chosen].tolist(), names=[f"#{i}" for i in chosen])
+        last, cam = inside.evident_cam(f.model, x)
     except UsageError as exc:  # no feature maps larger than 1x1 (an MLP, a convolution over the whole image)
         return f"<p>{esc(exc)}</p>"
-    return (f"<p>Grad-CAM at {esc(cam.layer)}, the last feature maps before the classifier, for the predicted "
-            f"class: red where the evidence for it lies.</p>{figure(fig, fig.get_label())}")
+    names = [f"#{i}" for i in chosen]
+    fig = inside.cam_figure(f.model, cam, raw.float() / 255, f.run.classes, true=f.data.test.y[chosen].tolist(),
+                            names=names)
+    return f"<p>{esc(cam_text(last, cam, names))}</p>{figure(fig, fig.get_label())}"
+
+
+def cam_text(last: Cam, cam: Cam, names: list[str]) -> str:
+    """Which layer the maps are at and why, and which are blank (see `inside.evident_cam`)."""
+    n, found = len(names), int((~cam.empty).sum())
+    why = ("every weighted sum of its feature maps is ≤ 0 (each channel weighed by its gradient averaged "
+           "over the positions), and Grad-CAM keeps only the positive part")
+    if cam is last:
+        text = (f"Grad-CAM at {cam.layer}, the last feature maps before the classifier, for the predicted class: "
+                "red where the evidence for it lies.")
+        if 2 * found < n:  # most are blank, and no earlier convolution does better
+            text += (f" It finds no positive evidence there for {n - found} of {n} images: {why}. No earlier "
+                     "convolution finds it for more.")
+    else:
+        text = (f"Grad-CAM at {cam.layer}, the latest convolution where it finds evidence for {found} of {n} "
+                f"images, for the predicted class: red where the evidence for it lies. At {last.layer}, the last "
+                f"feature maps before the classifier, it finds none for {int(last.empty.sum())} of {n}: {why}. "
+                "This can happen when a linear layer weighs each position of the flattened maps on its own: the "
+                "average over the positions hides where the evidence lies.")
+    blank = [name for name, empty in zip(names, cam.empty.tolist()) if empty]
+    return text + (f" No positive evidence at {cam.layer} for {', '.join(blank)}: those show the image alone."
+                   if blank else "")
 
 
 Section = Callable[[Findings], str]

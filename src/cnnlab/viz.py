@@ -84,7 +84,7 @@ def curves(histories: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
 
 
 def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> Figure:
-    """The confusion matrix normalized by row: the share of each true class given each prediction."""
+    """The confusion matrix: each cell's colour is its share of the true class (the row), its number the count."""
     counts = np.asarray(matrix, dtype=float)  # (true, predicted)
     totals = counts.sum(1, keepdims=True)
     shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
@@ -101,10 +101,9 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> Figure
     ax.set_ylabel("true class")
     if k <= 20:  # beyond that the numbers no longer fit in their cells
         for t in range(k):
-            for p in range(k):
-                if counts[t, p]:
-                    ax.text(p, t, f"{100 * shares[t, p]:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if shares[t, p] > 0.5 else "black")
+            for p in range(k):  # every count, 0 too (in gray): a cell without a number looks like one left out
+                colour = "white" if shares[t, p] > 0.5 else "black" if counts[t, p] else "#999999"
+                ax.text(p, t, f"{counts[t, p]:,.0f}", ha="center", va="center", fontsize=7, color=colour)
     fig.tight_layout()
     return fig
 
@@ -163,8 +162,12 @@ def _show(ax, image: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def cam_grid(images: torch.Tensor, maps: torch.Tensor, captions: Sequence[str], title: str) -> Figure:
-    """Each image (N, C, H, W in [0, 1]) above its class-activation map (N, H, W in [0, 1]) laid over it."""
+def cam_grid(images: torch.Tensor, maps: torch.Tensor, captions: Sequence[str], title: str,
+             blank: Sequence[str] = ()) -> Figure:
+    """Each image (N, C, H, W in [0, 1]) above its class-activation map (N, H, W in [0, 1]) laid over it.
+
+    blank: for each map, "" or why it is blank; a blank map is left off its image (all 0, it would tint
+    the whole image one colour and look like a broken picture) and the reason is written under it."""
     n = len(images)
     fig = Figure(figsize=(max(2.2 * n, 3.0), 5.0))
     axes = np.asarray(fig.subplots(2, n, squeeze=False))
@@ -172,7 +175,10 @@ def cam_grid(images: torch.Tensor, maps: torch.Tensor, captions: Sequence[str], 
         _show(axes[0, i], images[i])
         axes[0, i].set_title(text(captions[i]), fontsize=8)
         _show(axes[1, i], images[i].mean(0, keepdim=True))  # the heat map reads best over a gray image
-        axes[1, i].imshow(maps[i].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+        if i < len(blank) and blank[i]:
+            axes[1, i].set_xlabel(text(blank[i]), fontsize=8, color="#b00020")
+        else:
+            axes[1, i].imshow(maps[i].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
     axes[0, 0].set_ylabel("image", fontsize=8)
     axes[1, 0].set_ylabel("Grad-CAM", fontsize=8)
     fig.suptitle(text(title), fontsize=9)
