@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib
 import io
 import os
@@ -17,12 +18,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 import cnnlab
+from cnnlab import viz
+from cnnlab.cam import Cam
 from cnnlab.cli import main
 from cnnlab.data import BatchLoader
 from cnnlab.errors import UsageError
 from cnnlab.evaluate import collect_logits, load_run_data, run_model
 from cnnlab.report import compare_report, labels, report
-from cnnlab.sections import SECTIONS, findings, most_confident, one_per_class
+from cnnlab.sections import SECTIONS, cam_section, cam_text, findings, most_confident, one_per_class
+from test_inside import blank_at_the_last_maps
 
 # Where the browser test keeps its screenshot (build/ is ignored by git).
 ARTIFACTS = Path(os.environ.get("CNNLAB_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "build" / "artifacts")
@@ -101,6 +105,49 @@ def test_most_confident():
     probabilities = torch.tensor([[0.1, 0.1, 0.8], [0.6, 0.2, 0.2], [0.9, 0.0, 0.1], [0.0, 0.1, 0.9], [0.5, 0.4, 0.1]])
     assert most_confident(labels, probabilities, 3) == [2, 4, 3]  # classes 0, 1, 2: the highest own-class score
     assert most_confident(labels, probabilities, 1) == [2]
+
+
+def test_confusion_figure_writes_every_count(trained_run):
+    """Each of the classes x classes cells carries its count from metrics.json, zeros too."""
+    confusion = trained_run.metrics["confusion"]
+    ax = viz.confusion(confusion, trained_run.classes).axes[0]
+    drawn = {tuple(map(round, t.get_position())): t.get_text() for t in ax.texts}  # (predicted, true): text
+    assert len(ax.texts) == len(drawn) == len(trained_run.classes) ** 2 == 100
+    assert drawn == {(p, t): f"{n:,}" for t, row in enumerate(confusion) for p, n in enumerate(row)}
+    assert any(n == 0 for row in confusion for n in row)  # so the zeros are among them
+
+
+def test_report_shows_grad_cam_where_the_evidence_is(trained_run):
+    """With a network whose last feature maps hold no positive evidence for any image, the report takes the
+    convolution before them, and says why."""
+    f = findings(trained_run, load_run_data(trained_run), device="cpu")
+    text = cam_section(dataclasses.replace(f, model=blank_at_the_last_maps(28 * 28, 10)))
+    assert text.startswith("<p>Grad-CAM at 0, the latest convolution where it finds evidence for 6 of 6 images, for "
+                           "the predicted class: red where the evidence for it lies. At 1, the last feature maps "
+                           "before the classifier, it finds none for 6 of 6: every weighted sum of its feature maps "
+                           "is ≤ 0")
+    assert 'alt="Grad-CAM at 0 (Conv2d, 28x28): where the evidence lies"' in text
+
+
+def test_cam_text_names_the_blank_maps():
+    def cam(layer: str, peaks: list[float]) -> Cam:
+        raw = torch.tensor(peaks)[:, None, None].expand(-1, 2, 2)
+        return Cam(layer, raw, raw, torch.zeros(len(peaks)), torch.ones(len(peaks), 1))
+
+    some = cam("5", [0.3, 0.0, 0.2])
+    assert cam_text(some, some, ["#1", "#2", "#3"]) == (
+        "Grad-CAM at 5, the last feature maps before the classifier, for the predicted class: red where the evidence "
+        "for it lies. No positive evidence at 5 for #2: those show the image alone.")
+    most = cam("5", [0.0, 0.0, 0.2])
+    assert cam_text(most, most, ["#1", "#2", "#3"]).endswith(
+        "It finds no positive evidence there for 2 of 3 images: every weighted sum of its feature maps is ≤ 0 (each "
+        "channel weighed by its gradient averaged over the positions), and Grad-CAM keeps only the positive part. No "
+        "earlier convolution finds it for more. No positive evidence at 5 for #1, #2: those show the image alone.")
+    earlier = cam("3", [0.1, 0.0, 0.2])
+    assert cam_text(most, earlier, ["#1", "#2", "#3"]).startswith(
+        "Grad-CAM at 3, the latest convolution where it finds evidence for 2 of 3 images")
+    assert cam_text(most, earlier, ["#1", "#2", "#3"]).endswith("No positive evidence at 3 for #2: those show the "
+                                                                "image alone.")
 
 
 def test_report_command_and_its_errors(trained_run, tmp_path, capsys):
@@ -182,7 +229,8 @@ def test_compare_writes_one_page_side_by_side(tmp_path):
     assert comparison.report == tmp_path / "report.html"
     page = comparison.report.read_text()
     assert "<h1>seed-mlp vs spec on sample</h1>" in page
-    assert page.count('<div class="cols" style="grid-template-columns: repeat(2, minmax(0, 1fr))">') == len(SECTIONS)
+    assert page.count('<div class="cols" style="--n: 2">') == len(SECTIONS) - 1  # all but the model summaries
+    assert page.count('<div class="cols stacked">') == 1
     for run in comparison.runs:
         assert f"{100 * run.metrics['test_accuracy']:.2f}%" in page and (run.path / "report.html").exists()
     assert "This model has no convolution layers, so it makes no feature maps." in page  # the MLP's column
@@ -193,8 +241,9 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def test_report_renders_in_headless_chromium(trained_run):
-    """Open report.html from disk in a real browser: no console errors, every image decoded."""
+def in_chromium(page: Path, width: int, script: str, shot: Path) -> tuple[list[str], object]:
+    """Open a page from disk in a real browser at `width` px: the problems it reported (console errors,
+    page errors, failed requests), what `script` evaluates to, and a screenshot of the whole page."""
     browser_path = chromium()
     if browser_path is None:
         pytest.skip("no Chromium on this machine (make test installs Debian's chromium where apt-get can run)")
@@ -206,21 +255,44 @@ def test_report_renders_in_headless_chromium(trained_run):
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
         try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
+            tab = browser.new_page(viewport={"width": width, "height": 900})
             tab.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
             tab.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             tab.on("requestfailed", lambda r: problems.append(f"request failed: {r.url[:80]}"))
-            tab.goto((trained_run.path / "report.html").as_uri(), wait_until="load")
-            widths = tab.evaluate("Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
-            sections = tab.evaluate("document.querySelectorAll('section').length")
+            tab.goto(page.as_uri(), wait_until="load")
+            result = tab.evaluate(script)
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            shot = ARTIFACTS / "report.png"
             tab.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
+    print(f"screenshot: {shot}")
+    return problems, result
+
+
+def test_report_renders_in_headless_chromium(trained_run):
+    """Open report.html from disk in a real browser: no console errors, every image decoded."""
+    shot = ARTIFACTS / "report.png"
+    script = ("[Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0), "
+              "document.querySelectorAll('section').length]")
+    problems, (widths, sections) = in_chromium(trained_run.path / "report.html", 1280, script, shot)
     assert problems == []
     assert len(widths) == 59 and min(widths) > 0
     assert sections == len(SECTIONS)
     with Image.open(shot) as image:
         assert image.width == 1280 and image.height > 3000  # the whole page, kept in build/artifacts/
-    print(f"screenshot: {shot}")
+
+
+# Every table, summary and column of a page that is wider than its box: scrolled, or cut off.
+OVERFLOWING = """Array.from(document.querySelectorAll('table, pre, .cols > div, section'))
+    .filter(e => e.scrollWidth > e.clientWidth)
+    .map(e => `${(e.closest('section') || {}).id} ${e.tagName}: ${e.scrollWidth} > ${e.clientWidth} px`)"""
+
+
+@pytest.mark.parametrize("width", [1280, 1440])
+def test_comparison_tables_fit_a_laptop_screen(trained_run, tmp_path, width):
+    """The model summaries are one above the other, each at the page's width: at a laptop's width no
+    table is cut off behind a scroll bar."""
+    page = compare_report([trained_run, trained_run], tmp_path / "compare.html")
+    assert page.read_text().count('<div class="cols stacked">') == 1  # the model section
+    problems, overflowing = in_chromium(page, width, OVERFLOWING, ARTIFACTS / f"compare-{width}.png")
+    assert problems == [] and overflowing == []

@@ -26,7 +26,8 @@ header { border-bottom: 1px solid #ccc; padding: 1em 0 .5em; }
 nav a { margin-right: 1em; }
 h2 { margin-top: 2em; border-bottom: 1px solid #eee; }
 h4 { margin: 1em 0 .3em; }
-pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: 12px; }
+/* 12 px, smaller on a narrow screen: seed-cnn's summary fits down to 800 px, beyond that it scrolls */
+pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: clamp(9px, 1.2vw, 12px); }
 table { border-collapse: collapse; margin: .5em 0; }
 td, th { padding: 2px 10px; text-align: right; border-bottom: 1px solid #eee; }
 td:first-child, th:first-child { text-align: left; }
@@ -36,8 +37,13 @@ img.fig { max-width: 100%; height: auto; display: block; margin: .5em 0; }
 img.px { width: 84px; height: auto; image-rendering: pixelated; display: block; }
 .gallery { display: flex; flex-wrap: wrap; gap: 10px; }
 .gallery figure { margin: 0; width: 130px; font-size: 11px; }
-.cols { display: grid; gap: 2em; }
+.cols { display: grid; gap: 2em; grid-template-columns: repeat(var(--n), minmax(0, 1fr)); }
 .cols > div { min-width: 0; }
+.cols table { font-size: 13px; } .cols td, .cols th { padding: 2px 6px; } .cols .barcell { width: 25%; }
+.cols.stacked { grid-template-columns: minmax(0, 1fr); gap: 0; }
+@media (max-width: 900px) { .cols { grid-template-columns: minmax(0, 1fr); }
+  body { padding: 0 .8em 2em; } table { font-size: 12px; } td, th { padding: 2px 4px; } }
+td.path { overflow-wrap: anywhere; text-align: left; }
 """
 
 
@@ -56,6 +62,7 @@ def _intro(run: Run) -> str:
                f"{d['test_images']:,} test images), {run.config['parameters']:,} parameters; run folder {run.path}")
 
 
+STACKED = {"model"}  # sections a comparison shows one run above the other rather than side by side
 Rendered = list[tuple[str, str, str]]  # (key, heading, html) for each section
 
 
@@ -80,10 +87,10 @@ def labels(all_findings: list[Findings]) -> list[str]:
 
 def comparison_page(all_findings: list[Findings], rendered: list[Rendered]) -> str:
     names = labels(all_findings)
-    columns = f'<div class="cols" style="grid-template-columns: repeat({len(names)}, minmax(0, 1fr))">'
+    columns = f'<div class="cols" style="--n: {len(names)}">'
     head = "".join(f"<tr><td>{esc(name)}</td><td>{f.run.config['parameters']:,}</td>"
                    f"<td>{sum(r['seconds'] for r in f.run.history):.1f} s</td>"
-                   f"<td>{percent(f.evaluation.accuracy)}</td><td>{esc(f.run.path)}</td></tr>"
+                   f"<td>{percent(f.evaluation.accuracy)}</td><td class='path'>{esc(f.run.path)}</td></tr>"
                    for name, f in zip(names, all_findings))
     curves = viz.curves({name: f.run.history for name, f in zip(names, all_findings)})
     body = ('<section id="overview"><h2>Side by side</h2><table><tr><th>run</th><th>parameters</th>'
@@ -91,7 +98,9 @@ def comparison_page(all_findings: list[Findings], rendered: list[Rendered]) -> s
             f"{figure(curves, 'training curves')}</section>")
     for n, (key, heading, _) in enumerate(rendered[0]):
         cells = "".join(f"<div><h3>{esc(name)}</h3>{sections[n][2]}</div>" for name, sections in zip(names, rendered))
-        body += f'<section id="{key}"><h2>{esc(heading)}</h2>{columns}{cells}</div></section>'
+        # The model summaries are wide fixed-width tables: one above the other, each at the page's width.
+        layout = '<div class="cols stacked">' if key in STACKED else columns
+        body += f'<section id="{key}"><h2>{esc(heading)}</h2>{layout}{cells}</div></section>'
     datasets = ", ".join(sorted({f.data.name for f in all_findings}))
     intro = esc(f"{len(names)} runs on {datasets}, a column each: "
                 + "; ".join(f"{name} in {f.run.path}" for name, f in zip(names, all_findings)))
