@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import ArchitectureError
 
-Shape = tuple[int, ...]  # one sample, without the batch dimension: (C, H, W) or (F,)
+if TYPE_CHECKING:
+    from torch import nn
 
-ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.GELU, nn.Softmax, nn.ELU, nn.SiLU)
-SHAPE_KEEPING = (*ACTIVATIONS, nn.Dropout, nn.Dropout2d, nn.Identity)
+Shape = tuple[int, ...]  # one sample, without the batch dimension: (C, H, W) or (F,)
 
 
 @dataclass(frozen=True)
@@ -213,11 +212,10 @@ def _conv_transpose(m: nn.ConvTranspose2d, in_shape: Shape) -> LayerMath:
     )
 
 
-def _pool(m: nn.MaxPool2d | nn.AvgPool2d, in_shape: Shape) -> LayerMath:
+def _pool(m: nn.MaxPool2d | nn.AvgPool2d, in_shape: Shape, kind: str) -> LayerMath:
     c, h, w = _spatial(m, in_shape)
     k, s, p = as_pair(m.kernel_size), as_pair(m.stride if m.stride is not None else m.kernel_size), as_pair(m.padding)
     d = as_pair(getattr(m, "dilation", 1))
-    kind = "max pooling" if isinstance(m, nn.MaxPool2d) else "average pooling"
     _check_positive(s, d)
     for i in range(2):
         if p[i] > k[i] // 2:  # PyTorch's rule, on the kernel size before dilation
@@ -288,12 +286,15 @@ def layer_math(module: nn.Module, in_shape: Shape) -> LayerMath | None:
 
     Raises ArchitectureError when the layer cannot work on that shape.
     """
+    # torch is imported here, not at the top: `cnnlab arith` and steps.py use the formulas above without torch
+    from torch import nn
+
     if isinstance(module, nn.Conv2d):
         return _conv(module, in_shape)
     if isinstance(module, nn.ConvTranspose2d):
         return _conv_transpose(module, in_shape)
     if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-        return _pool(module, in_shape)
+        return _pool(module, in_shape, "max pooling" if isinstance(module, nn.MaxPool2d) else "average pooling")
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return _adaptive(module, in_shape)
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -302,7 +303,8 @@ def layer_math(module: nn.Module, in_shape: Shape) -> LayerMath | None:
         return _flatten(module, in_shape)
     if isinstance(module, nn.Linear):
         return _linear(module, in_shape)
-    if isinstance(module, SHAPE_KEEPING):
+    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.GELU, nn.Softmax, nn.ELU,
+                           nn.SiLU, nn.Dropout, nn.Dropout2d, nn.Identity)):  # activations and dropout keep the shape
         return LayerMath(in_shape)
     return None
 

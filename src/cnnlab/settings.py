@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .data.augment import check_augment
 from .errors import UsageError
 
+if TYPE_CHECKING:
+    import torch
+
+# The choices `cnnlab train` parses its flags against: torch-free, so that building the parser needs no torch.
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "onecycle", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
+AUGMENTS = ("none", "flip", "crop", "crop+flip")  # data/augment.py's batch augmentations
 
 
 @dataclass
@@ -102,12 +104,19 @@ class Settings:
             raise UsageError(f"--checkpoint-seconds must be a positive number, got {self.checkpoint_seconds}")
 
 
+def check_augment(name: str) -> None:
+    if name not in AUGMENTS:
+        raise UsageError(f"unknown augmentation {name!r}; use one of {', '.join(AUGMENTS)}")
+
+
 def settings_of(config: dict[str, Any]) -> Settings:
     """The Settings stored in a run's config.json (a run from before a setting existed gets its default)."""
     return Settings(**{k: v for k, v in config["train"].items() if k not in ("device", "processes")})
 
 
 def make_optimizer(model: torch.nn.Module, s: Settings) -> torch.optim.Optimizer:
+    import torch  # here, not at the top: the CLI's parser reads this module's choices, and must not pay for torch
+
     if s.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay

@@ -10,15 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import UsageError
-
-AUGMENTS = ("none", "flip", "crop", "crop+flip")
-
-
-def check_augment(name: str) -> None:
-    if name not in AUGMENTS:
-        raise UsageError(f"unknown augmentation {name!r}; use one of {', '.join(AUGMENTS)}")
-
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Zero-pad each side by `padding`, then crop every image back to its size at its own random

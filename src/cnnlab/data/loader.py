@@ -18,7 +18,8 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ..errors import UsageError
-from .augment import augment, check_augment
+from ..settings import check_augment
+from .augment import augment
 from .dataset import Split
 
 
