@@ -15,7 +15,7 @@ from PIL import Image
 from cnnlab.cli import build_parser, main
 
 COMMANDS = ["demo", "train", "evaluate", "predict", "compare", "report", "featuremaps", "filters", "cam", "summary",
-            "arith", "conv", "pool", "filter", "models", "datasets", "info"]
+            "arith", "conv", "pool", "filter", "models", "datasets", "info", "sample-images"]
 
 
 @pytest.mark.parametrize("launcher", [[str(Path(sys.executable).parent / "cnnlab")], [sys.executable, "-m", "cnnlab"]])
@@ -25,6 +25,13 @@ def test_help_lists_every_command(launcher):
         assert re.search(rf"\n    {command}\s", result.stdout), command
     subcommands = build_parser()._subparsers._group_actions[0].choices
     assert sorted(subcommands) == sorted(COMMANDS)
+
+
+def test_sample_images_names_each_file(tmp_path, capsys):
+    assert main(["sample-images", str(tmp_path / "tour")]) == 0
+    paths = [tmp_path / "tour" / name for name in ("sneaker.png", "bag.png", "shoe.png", "photo.jpg", "A.csv", "B.csv")]
+    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()] == [["wrote", str(p)] for p in paths]
+    assert all(p.is_file() for p in paths)
 
 
 def test_error_exits_2_without_traceback(capsys):

@@ -6,20 +6,46 @@
     print(cnnlab.summary("conv(64,3) maxpool(2) relu flatten linear(10)", "1x28x28"))
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-# The functions are bound after their modules: `cnnlab.train` is the function, not train.py.
-from .compare import compare, demo  # noqa: E402
-from .data import load_dataset  # noqa: E402
-from .errors import (  # noqa: E402
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
     ArchitectureError, DataError, Error, ImageError, ModelError, RunError, TrainingError, UsageError,
 )
-from .evaluate import evaluate, predict  # noqa: E402
-from .models import get_model, list_models, register_model  # noqa: E402
-from .runs import open_run  # noqa: E402
-from .spec import build  # noqa: E402
-from .summary import summary  # noqa: E402
-from .train import resume, train  # noqa: E402
+
+__version__ = "0.1.0"
+
+# The functions are imported on first use (PEP 562), so that `import cnnlab` and `cnnlab --help`
+# do not pay for torch: public name -> the submodule that defines it.
+_LAZY = {
+    "build": "spec",
+    "compare": "compare",
+    "demo": "compare",
+    "evaluate": "evaluate",
+    "get_model": "models",
+    "list_models": "models",
+    "load_dataset": "data",
+    "open_run": "runs",
+    "predict": "evaluate",
+    "register_model": "models",
+    "resume": "train",
+    "summary": "summary",
+    "train": "train",
+}
+
+if TYPE_CHECKING:
+    from .compare import compare, demo
+    from .data import load_dataset
+    from .evaluate import evaluate, predict
+    from .models import get_model, list_models, register_model
+    from .runs import open_run
+    from .spec import build
+    from .summary import summary
+    from .train import resume, train
 
 __all__ = [
     "ArchitectureError",
@@ -45,3 +71,32 @@ __all__ = [
     "summary",
     "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # later lookups find it without calling __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """Keeps `cnnlab.train` (and compare, evaluate, summary) the function when its submodule is imported.
+
+    Importing a submodule sets it as an attribute of the package; for these names that would put
+    the module where the function belongs, so the function is bound instead. The module stays in
+    sys.modules: importlib.import_module("cnnlab.train") and `from cnnlab.train import ...` reach it.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name and value.__name__ == f"{__name__}.{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -12,6 +12,10 @@ from pathlib import Path
 
 from . import __version__, cli_teach
 
+# Each command imports what it needs inside its function, and the parser is built from torch-free
+# modules (settings.py, recipes.py): `cnnlab --help` and the NumPy teaching commands must not pay for
+# torch (tests/test_startup.py).
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -30,9 +34,8 @@ def _data_flags(p: argparse.ArgumentParser, dataset: bool = True) -> None:
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
-    from .data.augment import AUGMENTS
     from .recipes import RECIPES
-    from .settings import OPTIMIZERS, PRECISIONS, SCHEDULES, Settings
+    from .settings import AUGMENTS, OPTIMIZERS, PRECISIONS, SCHEDULES, Settings
 
     d = Settings()  # the lecture's recipe; flags left out keep the --recipe's values (None here)
     _data_flags(p)
@@ -225,6 +228,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"  {command:<{width}}   # {what}")
 
 
+def cmd_sample_images(args: argparse.Namespace) -> None:
+    from .examples import describe, write_examples
+
+    for path in write_examples(args.dir):
+        print(f"wrote {path}  ({describe(path)})")
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from . import formatting
     from .models import get_model, list_models, model_info
@@ -289,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = command("demo", "lecture 001's MLP vs CNN on the shipped Fashion-MNIST sample (under 2 minutes)", cmd_demo)
+    p = command("demo", "lecture 001's MLP vs CNN on the Fashion-MNIST sample shipped with cnnlab", cmd_demo)
     p.add_argument("--out", default="runs/demo", help="where the two run folders go (default runs/demo)")
     _device_flag(p)
 
@@ -360,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="target", metavar="NAME", help="explain this class (default: the predicted one)")
     p.add_argument("--out", default="cam.png", help="the PNG file (default cam.png)")
     p.add_argument("--invert", action="store_true", help="invert dark-on-light images (MNIST-style data)")
+
+    p = command("sample-images", "write the example inputs the README's tour uses: a sneaker, a bag, a shoe "
+                "(Fashion-MNIST test images from the shipped sample), a photo (CC0 cat), and lecture 001's "
+                "matrices A and B as CSV", cmd_sample_images)
+    p.add_argument("dir", metavar="DIR", help="the folder to write them into (made if missing)")
 
     p = command("models", "list the registered models with their parameter counts", cmd_models)
     _format_flag(p)
