@@ -304,3 +304,24 @@ def test_units():
 ])
 def test_golden(golden, name, make):
     golden(name, make() + "\n")
+
+
+@pytest.mark.parametrize("name, shape", [("seed-cnn", (1, 28, 28)), ("small-cnn-32", (3, 32, 32)),
+                                         ("fast-cnn-28", (1, 28, 28))])
+def test_a_small_model_is_traced_for_real_and_both_passes_agree(name, shape):
+    from cnnlab import get_model
+    from cnnlab.summary import _small, _trace
+
+    model = get_model(name, input_shape=shape, num_classes=10).eval()
+    assert _small(model, shape, 1)  # the cheap real pass, not the meta device's first use
+    fields = lambda rows: [(r.name, r.out_shape, r.params, r.mult_adds, r.out_bytes, r.reach) for r in rows]  # noqa: E731
+    with torch.no_grad():
+        assert fields(_trace(model, shape, 2, meta=False)[0]) == fields(_trace(model, shape, 2, meta=True)[0])
+
+
+def test_a_large_model_is_traced_on_the_meta_device():
+    import torchvision
+
+    from cnnlab.summary import _small
+
+    assert not _small(torchvision.models.resnet18(), (3, 224, 224), 1)

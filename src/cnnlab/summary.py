@@ -1,7 +1,8 @@
 """The summary of any nn.Module: one row per layer call, from forward hooks on a shape-only pass.
 
 The forward pass runs on the meta device (shapes, no arithmetic), so a ResNet-50 summary costs
-milliseconds and the model's own weights are never touched. Parameters are counted on the real
+milliseconds and the model's own weights are never touched; a small model's pass runs on real zeros,
+which costs less than the meta device's first use (see `_small`). Parameters are counted on the real
 model, each tensor once. Before each layer runs, `arithmetic.layer_math` checks that it can take its
 input, so an impossible architecture is reported with the layer's name, formula and a fix. The
 receptive field follows tensors through every torch function (a TorchFunctionMode), so it is right
@@ -213,16 +214,20 @@ def _count(params: Any, seen: set[int]) -> tuple[int, int]:
 def summarize(model: nn.Module, input_shape: Shape, batch_size: int = 1, name: str = "") -> Summary:
     """Trace `model` on a batch of `input_shape` inputs and summarize every layer call.
 
-    The pass runs on the meta device; a model that the meta device cannot run (one that reads
-    tensor values, say) is traced again with real zeros on its own device.
+    The pass runs on the meta device; a small model, or one that the meta device cannot run (one
+    that reads tensor values, say), is traced with real zeros on its own device, in eval mode and
+    without gradients, so its weights and statistics are left as they are.
     """
     input_shape = tuple(input_shape)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()  # batch norm on one sample only works in eval mode
         try:
-            rows, output = _trace(model, input_shape, batch_size, meta=True)
-        except ArchitectureError:
+            if _small(model, input_shape, batch_size):
+                rows, output = _trace(model, input_shape, batch_size, meta=False)
+            else:
+                rows, output = _trace(model, input_shape, batch_size, meta=True)
+        except (ArchitectureError, ModelError):
             raise
         except Exception:  # noqa: BLE001  (retried for real; a real failure is reported from there)
             rows, output = _trace(model, input_shape, batch_size, meta=False)
@@ -250,6 +255,19 @@ def summarize(model: nn.Module, input_shape: Shape, batch_size: int = 1, name: s
         mult_adds=sum(r.mult_adds for r in leaves),
         shared=notes, warnings=list(dict.fromkeys(warnings)), output_shape=_shape(output),
     )
+
+
+# The most arithmetic a real pass may cost, bounded as parameters x input positions x batch (a
+# convolution uses each weight once per output position, at most one per input position): about
+# 0.1 s on 2 CPU cores. PyTorch runs many meta kernels (relu, add, ...) as Python references whose
+# first call imports torch._dynamo, about 1 s, so below this a real pass is the quicker one.
+REAL_PASS_BUDGET = 4e9
+
+
+def _small(model: nn.Module, input_shape: Shape, batch_size: int) -> bool:
+    """Whether a pass over real zeros costs less than the meta device's first use."""
+    positions = math.prod(input_shape[1:]) if len(input_shape) >= 2 else 1
+    return sum(p.numel() for p in model.parameters()) * positions * batch_size <= REAL_PASS_BUDGET
 
 
 def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) -> tuple[list[Row], Any]:
