@@ -213,7 +213,7 @@ def test_existing_run_is_not_overwritten(trained_run):
         ({"lr": -1.0}, "positive"),
         ({"optimizer": "rmsprop"}, "unknown optimizer"),
         ({"val_fraction": 1.0}, r"\[0, 1\)"),
-        ({"momentum": -0.5}, "must be finite and not negative"),
+        ({"momentum": -0.5}, "must be from 0 to 1e6"),
         ({"patience": 2, "val_fraction": 0.0}, "needs a validation split"),
         ({"seed": 2**64}, "--seed must be"),
     ],

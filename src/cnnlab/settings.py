@@ -81,8 +81,9 @@ class Settings:
             raise UsageError("--patience must be at least 1 epoch")
         if self.patience is not None and self.val_fraction == 0:
             raise UsageError("--patience needs a validation split to watch; keep --val-fraction above 0")
-        if not (0 <= self.momentum < math.inf and 0 <= self.weight_decay < math.inf):  # NaN fails too
-            raise UsageError(f"--momentum and --weight-decay must be finite and not negative, got {self.momentum} "
+        # NaN fails too; as for --lr, larger values overflow the optimizers' float32 arithmetic
+        if not (0 <= self.momentum <= 1e6 and 0 <= self.weight_decay <= 1e6):
+            raise UsageError(f"--momentum and --weight-decay must be from 0 to 1e6, got {self.momentum} "
                              f"and {self.weight_decay}")
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
