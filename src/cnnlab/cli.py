@@ -208,8 +208,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     cnn = Path(comp.out) / "seed-cnn"
     tips = [
         (f"cnnlab evaluate {cnn}", "per-class accuracy and confusion matrix"),
-        (f"cnnlab predict {cnn} YOUR_IMAGE.png", "classify a picture of yours (--invert if dark on light)"),
-        (f"cnnlab cam {cnn} YOUR_IMAGE.png", "where in the picture the model sees its class (Grad-CAM)"),
+        ("cnnlab sample-images examples", "pictures to try: a sneaker, a bag, a shoe, a photo; lecture 001's A and B"),
+        (f"cnnlab predict {cnn} examples/sneaker.png", "classify a picture (yours too; --invert if dark on light)"),
+        (f"cnnlab cam {cnn} examples/shoe.png", "where in the picture the model sees its class (Grad-CAM)"),
         ("cnnlab compare seed-mlp seed-cnn --dataset fashion-mnist --data-dir DIR", "the full dataset"),
         ("cnnlab train --model small-cnn-28", "a batch-normalized CNN with 1/8 of the weights"),
         ("cnnlab train --recipe fast", "a small CNN, one-cycle schedule, bf16 where the CPU has it: the fastest way "
