@@ -106,7 +106,7 @@ def output_matches(expected: list[str], actual: str, numbers_vary: bool) -> bool
     for line in expected:
         if line.strip() == "...":
             pattern += r"(?:[^\n]*\n)*?"
-        elif set(line.strip()) <= set("━─"):  # a table rule: its width follows the columns
+        elif line.strip() and set(line.strip()) <= set("━─"):  # a table rule: its width follows the columns
             pattern += r"[ \t]*[━─]*[ \t]*\n"
         else:
             pattern += line_pattern(line, numbers_vary) + r"\n"
@@ -122,6 +122,7 @@ def test_output_matching_is_strict_where_it_should_be():
     assert not output_matches(["acc 84.25% x"], "acc 9.50% y\n", True)  # only numbers vary
     assert output_matches(["top Sneaker ..."], "top Sneaker 99.9% Sandal 0.0%\n", False)
     assert output_matches(["━━━━"], "━━━━━━━━\n", False)
+    assert not output_matches(["a", "", "b"], "a\n━━\nb\n", False)  # a blank line is blank
 
 
 BLOCKS = [b for b in read_blocks(README.read_text()) if b.lang in ("sh", "python") or b.text.startswith("$ ")]
