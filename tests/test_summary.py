@@ -325,3 +325,35 @@ def test_a_large_model_is_traced_on_the_meta_device():
     from cnnlab.summary import _small
 
     assert not _small(torchvision.models.resnet18(), (3, 224, 224), 1)
+
+
+def test_the_real_pass_leaves_no_trace():
+    """A forward pass that updates a buffer and draws random numbers: both as before the summary."""
+    from cnnlab.summary import _small
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.conv(x) + torch.randn_like(x[:, :1, 2:, 2:])
+
+    model = Counting()
+    assert _small(model, (1, 8, 8), 1)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    assert summarize(model, (1, 8, 8)).total_params == 20
+    assert model.calls.item() == 0
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_large_input_or_a_model_without_parameters_is_traced_on_the_meta_device():
+    from cnnlab.summary import _small
+
+    assert not _small(build("conv(8,3)", "3x4000x4000"), (3, 4000, 4000), 1)
+    assert not _small(build("maxpool(2) relu", "3x32x32"), (3, 32, 32), 1)
+    assert not _small(build("conv(8,3)", "3x32x32"), (3, 32, 32), 1000)  # the batch counts too
