@@ -33,6 +33,12 @@ def golden(request: pytest.FixtureRequest):
     return check
 
 
+@pytest.fixture(autouse=True)
+def _no_subset_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CNNLAB_SUBSET a developer exported for smoke tests must not change the tests' runs."""
+    monkeypatch.delenv("CNNLAB_SUBSET", raising=False)
+
+
 def _datasets_dir() -> Path:
     return Path(os.environ.get("CNNLAB_TEST_DATA") or REPO.parent / "shared" / "datasets")
 

@@ -43,6 +43,14 @@ def test_sample_images_command_names_each_file(tmp_path, capsys):
     assert len(out) == 6
     (tmp_path / "file").write_text("x")
     assert main(["sample-images", str(tmp_path / "file")]) == 2
+    assert main(["sample-images", str(tmp_path / "ex")]) == 0  # again: the same files, nothing lost
+    (tmp_path / "ex" / "photo.jpg").write_bytes(b"my own photo")
+    capsys.readouterr()
+    assert main(["sample-images", str(tmp_path / "ex")]) == 2  # a user's file is never replaced unasked
+    assert "photo.jpg already exist(s) with other contents" in capsys.readouterr().err
+    assert (tmp_path / "ex" / "photo.jpg").read_bytes() == b"my own photo"
+    assert main(["sample-images", str(tmp_path / "ex"), "--overwrite"]) == 0
+    assert (tmp_path / "ex" / "photo.jpg").read_bytes()[:2] == b"\xff\xd8"  # a JPEG again
 
 
 def test_subset_cap_reads_cnnlab_subset(monkeypatch):
@@ -51,8 +59,9 @@ def test_subset_cap_reads_cnnlab_subset(monkeypatch):
     monkeypatch.setenv("CNNLAB_SUBSET", "1000")
     assert subset_cap(None, 8000) == 1000
     assert subset_cap(500, 8000) == 500  # a smaller --subset stays
-    assert subset_cap(None, 300) == 300  # never more than the data has
-    for bad in ("many", "1", "-5"):
+    assert subset_cap(None, 300) is None  # nothing to cut: the run is as it would be without
+    assert subset_cap(9000, 8000) == 9000  # left for split_for_training to refuse, as without the cap
+    for bad in ("many", "1", "-5", "²"):
         monkeypatch.setenv("CNNLAB_SUBSET", bad)
         with pytest.raises(UsageError, match="CNNLAB_SUBSET"):
             subset_cap(None, 8000)

@@ -82,7 +82,9 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    # The public names, bound or not yet, and the submodules imported so far; not this file's helpers.
+    return sorted({*__all__, *(n for n, v in globals().items() if isinstance(v, types.ModuleType) and n not in
+                                ("importlib", "sys", "types"))})
 
 
 class _Package(types.ModuleType):

@@ -232,7 +232,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_sample_images(args: argparse.Namespace) -> None:
     from .examples import describe, write_examples
 
-    for path in write_examples(args.dir):
+    for path in write_examples(args.dir, overwrite=args.overwrite):
         print(f"wrote {path}  ({describe(path)})")
 
 
@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "(Fashion-MNIST test images from the shipped sample), a photo (CC0 cat), and lecture 001's "
                 "matrices A and B as CSV", cmd_sample_images)
     p.add_argument("dir", metavar="DIR", help="the folder to write them into (made if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace files of the same names with other contents")
 
     p = command("models", "list the registered models with their parameter counts", cmd_models)
     _format_flag(p)

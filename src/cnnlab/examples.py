@@ -7,7 +7,7 @@ command of the tour runs on a fresh machine. The licences are in `data/sample/RE
 
 from __future__ import annotations
 
-import shutil
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,31 +48,44 @@ PICTURES = (
 )
 
 
-def write_examples(out: str | Path) -> list[Path]:
-    """Write sneaker.png, bag.png, shoe.png, photo.jpg, A.csv and B.csv into `out`; return their paths."""
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} is a file; give a folder for the example inputs")
-    out.mkdir(parents=True, exist_ok=True)
+def _contents() -> dict[str, bytes]:
+    """File name -> the bytes of each example file."""
     images = read_idx(SAMPLE_DIR / "t10k-images-idx3-ubyte.gz", IMAGES_MAGIC)  # (2000, 28, 28) uint8
     labels = read_idx(SAMPLE_DIR / "t10k-labels-idx1-ubyte.gz", LABELS_MAGIC)  # (2000,)
-    written = []
+    files = {}
     for picture in PICTURES:
         # A changed sample would silently turn the tour's sneaker into something else.
         if labels[picture.index] != picture.label:
             raise UsageError(f"the shipped sample's test image {picture.index} is not a "
                              f"{FASHION_CLASSES[picture.label]}; reinstall cnnlab")
-        path = out / picture.name
-        Image.fromarray(np.ascontiguousarray(images[picture.index])).save(path)  # light on black, as in the data
-        written.append(path)
-    photo = out / "photo.jpg"
-    shutil.copyfile(SAMPLE_DIR / "chelsea.jpg", photo)
-    written.append(photo)
+        png = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(images[picture.index])).save(png, "PNG")  # light on black, as the data
+        files[picture.name] = png.getvalue()
+    files["photo.jpg"] = (SAMPLE_DIR / "chelsea.jpg").read_bytes()
     for name, matrix in (("A.csv", LECTURE_A), ("B.csv", LECTURE_B)):
-        path = out / name
-        path.write_text("".join(",".join(str(v) for v in row) + "\n" for row in matrix))
-        written.append(path)
-    return written
+        files[name] = "".join(",".join(str(v) for v in row) + "\n" for row in matrix).encode()
+    return files
+
+
+def write_examples(out: str | Path, overwrite: bool = False) -> list[Path]:
+    """Write sneaker.png, bag.png, shoe.png, photo.jpg, A.csv and B.csv into `out`; return their paths.
+
+    A file of the same name with other contents (a photo.jpg of the user's) is kept: the call
+    refuses before writing anything, unless `overwrite`.
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; give a folder for the example inputs")
+    files = _contents()
+    taken = [out / name for name, data in files.items()
+             if (out / name).exists() and ((out / name).is_dir() or (out / name).read_bytes() != data)]
+    if taken and not overwrite:
+        raise UsageError(f"{', '.join(map(str, taken))} already exist(s) with other contents; give another "
+                         "folder, or --overwrite to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    return [out / name for name in files]
 
 
 def describe(path: Path) -> str:

@@ -130,10 +130,13 @@ def filter_figure(name: str, weight: torch.Tensor, input_shape: tuple[int, int, 
                       "red > 0 > blue", cmap="RdBu_r", columns=kept.shape[1])
 
 
+CAM_SEARCH = 4  # convolutions tried before the last feature maps when those show no evidence
+
+
 def evident_cam(model: nn.Module, x: torch.Tensor, target: int | None = None) -> tuple[Cam, Cam]:
     """Grad-CAM at the last feature maps, and the one to show: the same, unless it finds no positive
-    evidence for most images; then the latest earlier convolution that finds it for all of them, else for
-    the most (the last feature maps if none does better).
+    evidence for most images; then the latest of the last `CAM_SEARCH` earlier convolutions that finds it
+    for all of them, else for the most (the last feature maps if none does better).
 
     Grad-CAM weighs each channel by its gradient averaged over the positions. When a linear layer weighs
     each position on its own (a small CNN that flattens its last maps), that average can be negative for
@@ -142,9 +145,9 @@ def evident_cam(model: nn.Module, x: torch.Tensor, target: int | None = None) ->
     last = best = grad_cam(model, x, None, target)
     if 2 * int(last.empty.sum()) <= len(x):
         return last, last
-    for name in reversed(conv_layers(model)):
-        if name == last.layer:
-            continue
+    # Each try is a forward and backward pass: a ResNet-50 has 53 convolutions, and evidence in a
+    # very early layer says little about the class anyway.
+    for name in [n for n in reversed(conv_layers(model)) if n != last.layer][:CAM_SEARCH]:
         try:
             cam = grad_cam(model, x, name, target)
         except UsageError:  # a convolution the forward pass does not call

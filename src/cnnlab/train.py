@@ -53,9 +53,12 @@ def subset_cap(subset: int | None, available: int) -> int | None:
     cap = os.environ.get("CNNLAB_SUBSET")
     if not cap:
         return subset
-    if not cap.isdigit() or int(cap) < 2:
+    if not cap.isdecimal() or int(cap) < 2:
         raise UsageError(f"CNNLAB_SUBSET={cap!r} is not a number of images (2 or more); unset it to train on all")
-    return min(subset or available, int(cap), available)
+    wanted = subset or available
+    if int(cap) >= wanted or wanted > available:  # nothing to cut; a --subset too large is refused as ever
+        return subset
+    return int(cap)
 
 
 def default_out(model: str, dataset: str) -> Path:
