@@ -17,7 +17,7 @@ from cnnlab.data import load_dataset
 from cnnlab.errors import UsageError
 from cnnlab.examples import LECTURE_A, LECTURE_B, write_examples
 from cnnlab.images import read
-from cnnlab.train import subset_cap
+from cnnlab.settings import subset_cap
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,6 +7,7 @@ faster sets. A run stores its Settings in config.json, so `--resume` and reports
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,19 @@ class Settings:
 def check_augment(name: str) -> None:
     if name not in AUGMENTS:
         raise UsageError(f"unknown augmentation {name!r}; use one of {', '.join(AUGMENTS)}")
+
+
+def subset_cap(subset: int | None, available: int) -> int | None:
+    """`subset`, capped by $CNNLAB_SUBSET: a quick run for smoke tests (the README's test sets it)."""
+    cap = os.environ.get("CNNLAB_SUBSET")
+    if not cap:
+        return subset
+    if not cap.isdecimal() or int(cap) < 2:
+        raise UsageError(f"CNNLAB_SUBSET={cap!r} is not a number of images (2 or more); unset it to train on all")
+    wanted = subset or available
+    if int(cap) >= wanted or wanted > available:  # nothing to cut; a --subset too large is refused as ever
+        return subset
+    return int(cap)
 
 
 def settings_of(config: dict[str, Any]) -> Settings:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +34,7 @@ from .runs import (
     FORMAT_VERSION, Run, load_checkpoint, load_safetensors, open_run, save_checkpoint, save_weights, write_history,
     write_json, write_text,
 )
-from .settings import Settings, lr_factor, make_optimizer, settings_of
+from .settings import Settings, lr_factor, make_optimizer, settings_of, subset_cap
 from .summary import summarize
 
 
@@ -46,19 +45,6 @@ def split_for_training(dataset: ImageData, s: Settings) -> tuple[Split, Split]:
                          f"{dataset.name}; give at most {len(dataset.train):,}, or leave it out to train on all")
     train_split = dataset.train.take(slice(0, s.subset)) if s.subset else dataset.train
     return train_val_split(train_split, s.val_fraction, s.seed)
-
-
-def subset_cap(subset: int | None, available: int) -> int | None:
-    """`subset`, capped by $CNNLAB_SUBSET: a quick run for smoke tests (the README's test sets it)."""
-    cap = os.environ.get("CNNLAB_SUBSET")
-    if not cap:
-        return subset
-    if not cap.isdecimal() or int(cap) < 2:
-        raise UsageError(f"CNNLAB_SUBSET={cap!r} is not a number of images (2 or more); unset it to train on all")
-    wanted = subset or available
-    if int(cap) >= wanted or wanted > available:  # nothing to cut; a --subset too large is refused as ever
-        return subset
-    return int(cap)
 
 
 def default_out(model: str, dataset: str) -> Path:
