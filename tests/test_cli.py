@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from cnnlab import machine
 from cnnlab.cli import build_parser, main
 
 COMMANDS = ["demo", "train", "evaluate", "predict", "compare", "report", "featuremaps", "filters", "cam", "summary",
@@ -92,7 +94,8 @@ def test_recipe_values_stay_unless_a_flag_is_given(tmp_path, capsys):
     assert "sgd nesterov lr 0.1 onecycle (warmup 0.2), batch 256, 1 epochs" in printed
     train = json.loads((out / "config.json").read_text())["train"]
     assert (train["recipe"], train["batch_size"], train["lr"], train["epochs"]) == ("fast", 256, 0.1, 1)
-    assert (train["tta"], train["precision"], train["augment"], train["channels_last"]) == (False, "bf16", "flip", True)
+    auto = machine.choose_precision("auto", torch.device("cpu")).precision  # bf16 with AMX, fp32 limited to AVX2
+    assert (train["tta"], train["precision"], train["augment"], train["channels_last"]) == (False, auto, "flip", True)
     header, row = (out / "history.csv").read_text().splitlines()
     assert header.endswith(",test_accuracy") and not row.endswith(",")  # --watch-test filled the column
 
