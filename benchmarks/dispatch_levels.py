@@ -34,7 +34,7 @@ TARGET = 0.912
 
 def worker(root: str) -> dict:
     """One dispatch level, in this process: the precision choice, step speeds, (c), (a), (c)."""
-    from cnnlab import machine as cnnlab_machine
+    from cnnlab.training import machine as cnnlab_machine
     from time_to_accuracy import cnnlab_recipe, lecture_recipe, to_target
 
     cpu = torch.device("cpu")

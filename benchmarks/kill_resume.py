@@ -75,7 +75,7 @@ def kill_after(out: Path, step: int, delay: float = 0.0, timeout: float = 300) -
 
 def every_file_parses(out: Path) -> None:
     """What a killed run leaves must read back: the run folder and its checkpoint."""
-    from cnnlab.runs import load_checkpoint, open_run
+    from cnnlab.runs.folder import load_checkpoint, open_run
 
     open_run(out)
     if (out / "checkpoint.pt").exists():

@@ -17,7 +17,7 @@ import argparse
 import tempfile
 
 import cnnlab
-from cnnlab import formatting
+from cnnlab.views import formatting
 
 from common import data_dir, machine, write_section
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab import reference
+from cnnlab.teach import reference
 
 from common import best_of, machine, write_section
 

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import cnnlab
-from cnnlab.evaluate import load_run_data
-from cnnlab.report import SECTIONS, findings, report
+from cnnlab.inspect.evaluate import load_run_data
+from cnnlab.report.page import SECTIONS, findings, report
 
 from common import data_dir, machine, write_section
 

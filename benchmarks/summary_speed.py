@@ -15,8 +15,8 @@ import argparse
 import torchinfo
 import torchvision
 
-from cnnlab.formatting import summary_table
-from cnnlab.summary import summarize
+from cnnlab.views.formatting import summary_table
+from cnnlab.inspect.summary import summarize
 
 from common import best_of, machine, write_section
 

@@ -34,9 +34,9 @@ from torch.utils.data import DataLoader, Dataset
 
 import cnnlab
 from cnnlab.data import load_dataset
-from cnnlab.evaluate import evaluate_model, run_model
+from cnnlab.inspect.evaluate import evaluate_model, run_model
 from cnnlab.models import get_model
-from cnnlab.summary import summarize
+from cnnlab.inspect.summary import summarize
 
 from common import data_dir, machine, write_section
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.arithmetic import (
+from cnnlab.teach.arithmetic import (
     conv_params, conv_size, conv_transpose_size, layer_math, linear_params, padding_answer, pool_answer, pool_size,
     receptive_field, same_padding, size_answer,
 )

@@ -8,8 +8,8 @@ import torchvision
 from torch import nn
 
 import cnnlab
-from cnnlab import inside
-from cnnlab.cam import grad_cam
+from cnnlab.inspect import inside
+from cnnlab.inspect.cam import grad_cam
 from cnnlab.errors import UsageError
 from test_inside import blank_at_the_last_maps
 

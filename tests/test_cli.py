@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab import machine
-from cnnlab.cli import build_parser, main
+from cnnlab.training import machine
+from cnnlab.cli.main import build_parser, main
 
 COMMANDS = ["demo", "train", "evaluate", "predict", "compare", "report", "featuremaps", "filters", "cam", "summary",
             "arith", "conv", "pool", "filter", "models", "datasets", "info", "sample-images"]

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from cnnlab import machine
+from cnnlab.training import machine
 
 
 @pytest.mark.dispatch

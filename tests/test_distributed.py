@@ -16,7 +16,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 import cnnlab
-from cnnlab import distributed
+from cnnlab.training import distributed
 from cnnlab.errors import UsageError
 
 # Two processes sum their gradients in another order than one process does, so the weights agree

@@ -10,7 +10,7 @@ from PIL import Image
 import cnnlab
 from cnnlab.data import BatchLoader, load_dataset
 from cnnlab.errors import ImageError, RunError, UsageError
-from cnnlab.evaluate import FlipAverage, collect_logits, judged
+from cnnlab.inspect.evaluate import FlipAverage, collect_logits, judged
 
 
 def test_evaluate_matches_metrics_and_own_count(trained_run):

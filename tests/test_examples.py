@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab import steps
-from cnnlab.cli import main
+from cnnlab.teach import steps
+from cnnlab.cli.main import main
 from cnnlab.data import load_dataset
 from cnnlab.errors import UsageError
-from cnnlab.examples import LECTURE_A, LECTURE_B, write_examples
-from cnnlab.images import read
+from cnnlab.data.examples import LECTURE_A, LECTURE_B, write_examples
+from cnnlab.data.images import read
 from cnnlab.settings import subset_cap
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_cnnlab_subset_is_stored_in_the_run(tmp_path, monkeypatch):
 def test_a_checkout_in_a_folder_named_cnnlab_does_not_shadow_the_package(tmp_path):
     """From the folder above a checkout called cnnlab, `import cnnlab` is still the installed package."""
     (tmp_path / "cnnlab").symlink_to(REPO)
-    done = subprocess.run([sys.executable, "-c", "import cnnlab; from cnnlab.runs import atomic_write; "
+    done = subprocess.run([sys.executable, "-c", "import cnnlab; from cnnlab.runs.folder import atomic_write; "
                            "print(cnnlab.__file__)"], cwd=tmp_path, capture_output=True, text=True,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert done.returncode == 0, done.stderr

@@ -9,8 +9,9 @@ import scipy.signal
 import torch
 from PIL import Image
 
-from cnnlab import filters, images
-from cnnlab.cli import main
+from cnnlab.teach import filters
+from cnnlab.data import images
+from cnnlab.cli.main import main
 from cnnlab.errors import UsageError
 
 SCIPY_MODE = {"zero": "constant", "extend": "nearest", "reflect": "mirror", "wrap": "wrap"}

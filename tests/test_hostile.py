@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from PIL import Image
 
 import cnnlab
-from cnnlab.cli import main
+from cnnlab.cli.main import main
 from cnnlab.data.folder import load_folder
 from cnnlab.data.idx import read_idx, read_idx_pair
 from cnnlab.errors import DataError, Error, RunError
-from cnnlab.runs import load_checkpoint, open_run
+from cnnlab.runs.folder import load_checkpoint, open_run
 
 SPEC = "conv(4,3) relu maxpool(2) flatten linear(10)"
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab import images
+from cnnlab.data import images
 from cnnlab.errors import ImageError
 
 

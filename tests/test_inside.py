@@ -14,12 +14,12 @@ from PIL import Image
 from torch import nn
 
 import cnnlab
-from cnnlab import inside
-from cnnlab.cam import grad_cam
-from cnnlab.cli import main
+from cnnlab.inspect import inside
+from cnnlab.inspect.cam import grad_cam
+from cnnlab.cli.main import main
 from cnnlab.errors import UsageError
-from cnnlab.evaluate import prepare_images
-from cnnlab.images import SAMPLE_IMAGE
+from cnnlab.inspect.evaluate import prepare_images
+from cnnlab.data.images import SAMPLE_IMAGE
 
 
 def test_conv_layers_and_layer_errors():

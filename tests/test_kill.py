@@ -15,9 +15,9 @@ import pytest
 
 import cnnlab
 from cnnlab.errors import ModelError, RunError
-from cnnlab.lock import run_lock
+from cnnlab.training.lock import run_lock
 from cnnlab.models import load_model
-from cnnlab.runs import open_run
+from cnnlab.runs.folder import open_run
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("kill_resume", REPO / "benchmarks" / "kill_resume.py")
@@ -61,7 +61,7 @@ def test_a_killed_writers_lock_is_taken_over(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import time
-            from cnnlab.lock import run_lock
+            from cnnlab.training.lock import run_lock
             with run_lock({str(out)!r}):
                 print("locked", flush=True)
                 time.sleep(120)

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from cnnlab import machine
-from cnnlab.cli import main
+from cnnlab.training import machine
+from cnnlab.cli.main import main
 
 CPU = torch.device("cpu")
 

@@ -106,7 +106,7 @@ def test_wrong_output_size_is_caught(monkeypatch):
 
 @pytest.mark.parametrize("argv", [["--classes", "99999999999"], ["--input", "1x99999x99999"]])
 def test_a_model_too_large_for_memory_is_a_clear_error(capsys, argv):
-    from cnnlab.cli import main
+    from cnnlab.cli.main import main
 
     assert main(["summary", "seed-cnn", *argv]) == 2
     err = capsys.readouterr().err

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnlab import reference
+from cnnlab.teach import reference
 from cnnlab.errors import UsageError
 
 TOL = {"rtol": 1e-9, "atol": 1e-10}

@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 import cnnlab
-from cnnlab import viz
-from cnnlab.cam import Cam
-from cnnlab.cli import main
+from cnnlab.views import viz
+from cnnlab.inspect.cam import Cam
+from cnnlab.cli.main import main
 from cnnlab.data import BatchLoader
 from cnnlab.errors import UsageError
-from cnnlab.evaluate import collect_logits, load_run_data, run_model
-from cnnlab.report import compare_report, labels, report
-from cnnlab.sections import SECTIONS, cam_section, cam_text, findings, most_confident, one_per_class
+from cnnlab.inspect.evaluate import collect_logits, load_run_data, run_model
+from cnnlab.report.page import compare_report, labels, report
+from cnnlab.report.sections import SECTIONS, cam_section, cam_text, findings, most_confident, one_per_class
 from test_inside import blank_at_the_last_maps
 
 # Where the browser test keeps its screenshot (build/ is ignored by git).
@@ -198,7 +198,7 @@ def test_training_keeps_its_run_when_the_report_fails(tmp_path, monkeypatch, cap
     def broken(*args, **kwargs):
         raise ValueError("boom")
 
-    monkeypatch.setattr(importlib.import_module("cnnlab.report"), "report", broken)
+    monkeypatch.setattr(importlib.import_module("cnnlab.report.page"), "report", broken)
     run = cnnlab.train("seed-mlp", "sample", subset=200, epochs=1, out=out, overwrite=True, verbose=False)
     # measured 0.52-0.65 over seeds 0-5, the same at AVX-512 and AVX2 (benchmarks/thresholds.py): the mean 0.61
     # less 4 sd (0.044); chance is 0.10

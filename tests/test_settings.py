@@ -7,7 +7,7 @@ import math
 import pytest
 
 from cnnlab.errors import UsageError
-from cnnlab.recipes import RECIPES, recipe, settings_for
+from cnnlab.training.recipes import RECIPES, recipe, settings_for
 from cnnlab.settings import Settings, lr_factor
 
 

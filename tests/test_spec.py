@@ -10,8 +10,8 @@ import torch
 
 from cnnlab import build
 from cnnlab.errors import ArchitectureError, ArchitectureWarning, UsageError
-from cnnlab.spec import KINDS, load, parse, parse_shape, walk
-from cnnlab.summary import summary
+from cnnlab.models.spec import KINDS, load, parse, parse_shape, walk
+from cnnlab.inspect.summary import summary
 
 LECTURE_CNN = "conv(64,3) maxpool(2) relu conv(128,3) maxpool(2) relu flatten linear(200) relu linear(10)"
 

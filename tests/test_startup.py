@@ -16,7 +16,7 @@ import sys
 import pytest
 
 import cnnlab
-from cnnlab.cli import build_parser
+from cnnlab.cli.main import build_parser
 
 HEAVY = ("torch", "numpy", "rich", "matplotlib", "PIL")
 NOT_TORCH = ("torch", "rich", "matplotlib")  # the teaching commands compute with NumPy
@@ -30,7 +30,7 @@ try:
     if {as_module}:
         runpy.run_module("cnnlab", run_name="__main__")
     else:
-        from cnnlab.cli import main
+        from cnnlab.cli.main import main
         main(argv)
 except SystemExit:
     pass
@@ -87,12 +87,12 @@ def test_import_cnnlab_is_lazy() -> None:
 
 
 def clashing_names() -> list[str]:
-    """The public names that are also submodules: cnnlab.train is the function, not train.py."""
+    """The public names that are also submodules: cnnlab.export is the function, not export.py."""
     return [name for name in cnnlab.__all__ if importlib.util.find_spec(f"cnnlab.{name}") is not None]
 
 
 def test_clashes_are_the_known_ones() -> None:
-    assert {"train", "compare", "evaluate", "summary"} <= set(clashing_names())
+    assert set(clashing_names()) == {"export"}
 
 
 def keeps_its_name(name: str) -> str:
@@ -111,7 +111,7 @@ def test_functions_keep_their_names_used_first_or_imported_in_passing() -> None:
     names = clashing_names()
     run_python("import importlib, cnnlab; " + "".join(f"cnnlab.{n}; " for n in names)
                + "".join(map(keeps_its_name, names)))
-    run_python("import importlib, cnnlab, cnnlab.cli, cnnlab.compare, cnnlab.report; "  # they import the others
+    run_python("import importlib, cnnlab, cnnlab.cli.main, cnnlab.training.compare, cnnlab.report.page; "  # they import the others
                + "".join(map(keeps_its_name, names)))
 
 

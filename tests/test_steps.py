@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab import steps
-from cnnlab.cli import main
+from cnnlab.teach import steps
+from cnnlab.cli.main import main
 from cnnlab.errors import UsageError
 
 A16 = "1 2 3 4; 5 6 7 8; 9 10 11 12; 13 14 15 16"

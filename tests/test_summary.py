@@ -15,9 +15,9 @@ from torch import nn
 
 from cnnlab import build, list_models
 from cnnlab.errors import ArchitectureError, ArchitectureWarning, ModelError, UsageError
-from cnnlab.formatting import nbytes, summary_table
+from cnnlab.views.formatting import nbytes, summary_table
 from cnnlab.models import model_info
-from cnnlab.summary import summarize, summary
+from cnnlab.inspect.summary import summarize, summary
 
 LECTURE_CNN = "conv(64,3) maxpool(2) relu conv(128,3) maxpool(2) relu flatten linear(200) relu linear(10)"
 
@@ -88,7 +88,7 @@ def layer_text(draw: st.DrawFn, channels: int) -> str:
 @st.composite
 def valid_specs(draw: st.DrawFn) -> tuple[str, tuple[int, int, int]]:
     """A random spec that works on a random input shape: layers that cannot work are drawn again."""
-    from cnnlab.spec import walk
+    from cnnlab.models.spec import walk
 
     input_shape = (draw(st.sampled_from([1, 3])), draw(st.integers(6, 40)), draw(st.integers(6, 40)))
     layers: list[str] = []
@@ -310,7 +310,8 @@ def test_golden(golden, name, make):
                                          ("fast-cnn-28", (1, 28, 28))])
 def test_a_small_model_is_traced_for_real_and_both_passes_agree(name, shape):
     from cnnlab import get_model
-    from cnnlab.summary import _small, _trace
+    from cnnlab.inspect.summary import _trace
+    from cnnlab.models.shapes import small_enough as _small
 
     model = get_model(name, input_shape=shape, num_classes=10).eval()
     assert _small(model, shape, 1)  # the cheap real pass, not the meta device's first use
@@ -322,14 +323,14 @@ def test_a_small_model_is_traced_for_real_and_both_passes_agree(name, shape):
 def test_a_large_model_is_traced_on_the_meta_device():
     import torchvision
 
-    from cnnlab.summary import _small
+    from cnnlab.models.shapes import small_enough as _small
 
     assert not _small(torchvision.models.resnet18(), (3, 224, 224), 1)
 
 
 def test_the_real_pass_leaves_no_trace():
     """A forward pass that updates a buffer and draws random numbers: both as before the summary."""
-    from cnnlab.summary import _small
+    from cnnlab.models.shapes import small_enough as _small
 
     class Counting(nn.Module):
         def __init__(self) -> None:
@@ -352,7 +353,7 @@ def test_the_real_pass_leaves_no_trace():
 
 
 def test_a_large_input_or_a_model_without_parameters_is_traced_on_the_meta_device():
-    from cnnlab.summary import _small
+    from cnnlab.models.shapes import small_enough as _small
 
     assert not _small(build("conv(8,3)", "3x4000x4000"), (3, 4000, 4000), 1)
     assert not _small(build("maxpool(2) relu", "3x32x32"), (3, 32, 32), 1)

@@ -13,14 +13,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import cnnlab
-from cnnlab import machine
+from cnnlab.training import machine
 from cnnlab.data import BatchLoader, load_dataset, train_val_split
 from cnnlab.errors import Interrupted, RunError, TrainingError, UsageError
-from cnnlab.evaluate import loss_and_accuracy
-from cnnlab.runs import HISTORY_FIELDS
+from cnnlab.inspect.evaluate import loss_and_accuracy
+from cnnlab.runs.folder import HISTORY_FIELDS
 from cnnlab.settings import lr_factor
 
-train_module = importlib.import_module("cnnlab.train")  # the module; cnnlab.train is the function
+train_module = importlib.import_module("cnnlab.training.loop")
 
 
 @pytest.mark.dispatch

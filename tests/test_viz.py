@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab import viz
+from cnnlab.views import viz
 
 HISTORY = [
     {"epoch": 1, "train_loss": 0.9, "train_accuracy": 0.60, "val_loss": 0.7, "val_accuracy": 0.70},

@@ -13,39 +13,39 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from cnnlab.errors import (
     ArchitectureError, DataError, Error, ImageError, ModelError, RunError, TrainingError, UsageError,
 )
 
-__version__ = "0.1.0"
+from cnnlab.version import __version__
 
 # The functions are imported on first use (PEP 562), so that `import cnnlab` and `cnnlab --help`
 # do not pay for torch: public name -> the submodule that defines it.
 _LAZY = {
-    "build": "spec",
-    "compare": "compare",
-    "demo": "compare",
-    "evaluate": "evaluate",
+    "build": "models.spec",
+    "compare": "training.compare",
+    "demo": "training.compare",
+    "evaluate": "inspect.evaluate",
     "get_model": "models",
     "list_models": "models",
     "load_dataset": "data",
-    "open_run": "runs",
-    "predict": "evaluate",
+    "open_run": "runs.folder",
+    "predict": "inspect.evaluate",
     "register_model": "models",
-    "resume": "train",
-    "summary": "summary",
-    "train": "train",
+    "resume": "training.loop",
+    "summary": "inspect.summary",
+    "train": "training.loop",
 }
 
 if TYPE_CHECKING:
-    from .compare import compare, demo
-    from .data import load_dataset
-    from .evaluate import evaluate, predict
-    from .models import get_model, list_models, register_model
-    from .runs import open_run
-    from .spec import build
-    from .summary import summary
-    from .train import resume, train
+    from cnnlab.training.compare import compare, demo
+    from cnnlab.data import load_dataset
+    from cnnlab.inspect.evaluate import evaluate, predict
+    from cnnlab.models import get_model, list_models, register_model
+    from cnnlab.runs.folder import open_run
+    from cnnlab.models.spec import build
+    from cnnlab.inspect.summary import summary
+    from cnnlab.training.loop import resume, train
 
 __all__ = [
     "ArchitectureError",

@@ -1,6 +1,6 @@
 """python -m cnnlab: the same as the `cnnlab` command."""
 
-from .cli import main
+from cnnlab.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -6,6 +6,8 @@ The CLI prints the message of any `Error` and exits with status 2, without a tra
 
 from __future__ import annotations
 
+import unicodedata
+
 
 class Error(Exception):
     """Base class of every error cnnlab raises on purpose."""
@@ -45,3 +47,10 @@ class ArchitectureError(ModelError):
 
 class ArchitectureWarning(UserWarning):
     """A layer works but probably not as meant (a stride larger than its window skips input pixels)."""
+
+
+def printable(text: object) -> str:
+    """Text that prints and encodes as UTF-8 everywhere: a file name's bytes that are not UTF-8 (Linux keeps
+    them as lone surrogates) and control characters other than newline and tab each become U+FFFD."""
+    return "".join("\ufffd" if unicodedata.category(ch) in ("Cs", "Cc") and ch not in "\n\t" else ch
+                   for ch in str(text))

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
+from cnnlab.errors import UsageError
 
 if TYPE_CHECKING:
     import torch

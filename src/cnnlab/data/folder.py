@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import images
-from ..errors import DataError, ImageError, UsageError
-from ..formatting import printable
-from .dataset import ImageData, Split, check_resize
+from cnnlab.data import images
+from cnnlab.errors import printable, DataError, ImageError, UsageError
+from cnnlab.data.dataset import ImageData, Split, check_resize
 
 
 # Without --image-size, images keep the first image's size, up to this many pixels a side.

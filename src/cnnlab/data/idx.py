@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from cnnlab.errors import DataError
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049

@@ -17,10 +17,10 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from ..errors import UsageError
-from ..settings import check_augment
-from .augment import augment
-from .dataset import Split
+from cnnlab.errors import UsageError
+from cnnlab.settings import check_augment
+from cnnlab.data.augment import augment
+from cnnlab.data.dataset import Split
 
 
 class BatchLoader:

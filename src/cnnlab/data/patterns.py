@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .dataset import ImageData, Split
+from cnnlab.data.dataset import ImageData, Split
 
 CLASSES = ["zebra", "checkerboard"]
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError, UsageError
-from .dataset import ImageData, Split, check_resize
-from .folder import load_folder
-from .idx import read_idx_pair
-from .patterns import load_patterns
+from cnnlab.errors import DataError, UsageError
+from cnnlab.data.dataset import ImageData, Split, check_resize
+from cnnlab.data.folder import load_folder
+from cnnlab.data.idx import read_idx_pair
+from cnnlab.data.patterns import load_patterns
 
 FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

@@ -13,7 +13,8 @@ import math
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import output_shape, register_model
+from cnnlab.models.registry import register_model
+from cnnlab.models.shapes import output_shape
 
 
 def flat_features(features: nn.Module, input_shape: tuple[int, int, int]) -> int:

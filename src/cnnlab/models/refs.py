@@ -15,15 +15,15 @@ from typing import Any
 
 from torch import nn
 
-from ..arithmetic import shape_text
-from ..errors import ArchitectureWarning, ModelError, UsageError
-from .registry import _REGISTRY, get_model, model_info
+from cnnlab.teach.arithmetic import shape_text
+from cnnlab.errors import ArchitectureWarning, ModelError, UsageError
+from cnnlab.models.shapes import output_shape
+from cnnlab.models.spec import build, is_spec, spec_text
+from cnnlab.models.registry import _REGISTRY, get_model, model_info
 
 
 def kind_of(ref: str) -> str:
     """'registered', 'spec' or 'module' for a model reference."""
-    from ..spec import is_spec
-
     if ref in _REGISTRY:
         return "registered"
     if is_spec(ref):
@@ -36,8 +36,6 @@ def kind_of(ref: str) -> str:
 
 def stored_ref(ref: str) -> str:
     """The reference as a run folder keeps it: a spec file is read into its text, so runs stand alone."""
-    from ..spec import spec_text
-
     return spec_text(ref) if kind_of(ref) == "spec" else ref
 
 
@@ -115,8 +113,6 @@ def load_model(
                 raise UsageError(f"{ref} takes CxHxW inputs, not {shape_text(input_shape)}")
             return get_model(ref, input_shape, 10 if num_classes is None else num_classes)  # type: ignore[arg-type]
         if kind == "spec":
-            from ..spec import build
-
             with warnings.catch_warnings():  # the summary lists them, with the layer names
                 warnings.simplefilter("ignore", ArchitectureWarning)
                 model = build(ref, input_shape)
@@ -130,9 +126,7 @@ def load_model(
                 )
             model = import_model(ref, num_classes)
     if num_classes is not None:
-        from ..summary import summarize
-
-        out = summarize(model, input_shape).output_shape  # names the layer if the model cannot take the input
+        out = output_shape(model, input_shape)  # names the layer if the model cannot take the input
         if out != (num_classes,):
             shape = shape_text(out or ())
             raise ModelError(f"the model gives {shape} outputs per image but the data has {num_classes} classes; "

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..arithmetic import shape_text
-from ..errors import ArchitectureError, ModelError
+from cnnlab.teach.arithmetic import shape_text
+from cnnlab.errors import ArchitectureError, ModelError
+from cnnlab.models.shapes import output_shape
 
 Builder = Callable[[tuple[int, int, int], int], nn.Module]
 
@@ -75,11 +76,3 @@ def get_model(name: str, input_shape: tuple[int, int, int] = (1, 28, 28), num_cl
     if shape != (num_classes,):
         raise ModelError(f"model {name!r} gives outputs of shape {shape}, expected ({num_classes},)")
     return model
-
-
-def output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The output shape for one input of `input_shape` (no batch dimension), from the summary's
-    shape-only pass: each layer is checked first, so a size that cannot work names its layer."""
-    from ..summary import summarize  # the summary module imports the registry for references
-
-    return summarize(module, tuple(input_shape)).output_shape or ()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from .registry import register_model
+from cnnlab.models.registry import register_model
 
 
 def conv_bn(in_channels: int, out_channels: int) -> list[nn.Module]:

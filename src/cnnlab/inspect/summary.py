@@ -2,7 +2,7 @@
 
 The forward pass runs on the meta device (shapes, no arithmetic), so a ResNet-50 summary costs
 milliseconds and the model's own weights are never touched; a small model's pass runs on real zeros,
-which costs less than the meta device's first use (see `_small`). Parameters are counted on the real
+which costs less than the meta device's first use (see `models.shapes.small_enough`). Parameters are counted on the real
 model, each tensor once. Before each layer runs, `arithmetic.layer_math` checks that it can take its
 input, so an impossible architecture is reported with the layer's name, formula and a fix. The
 receptive field follows tensors through every torch function (a TorchFunctionMode), so it is right
@@ -11,9 +11,7 @@ for branches and residual additions, not only for a plain chain of layers.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +20,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from .arithmetic import LayerMath, Shape, as_pair, layer_math, receptive_field, shape_text
-from .errors import ArchitectureError, ModelError, UsageError
+from cnnlab.teach.arithmetic import LayerMath, Shape, as_pair, layer_math, receptive_field, shape_text
+from cnnlab.errors import ArchitectureError, ModelError, UsageError
+from cnnlab.models import load_model, model_info, short_name
+from cnnlab.models.refs import kind_of
+from cnnlab.models.shapes import first_shape, small_enough, untouched
+from cnnlab.models.spec import load, parse_shape
+from cnnlab.views.formatting import summary_table
 
 Field = tuple[tuple[float, float], tuple[float, float], bool]  # (receptive field, jump, global) on the input
 
@@ -98,14 +101,7 @@ class Summary:
         return [r for r in self.rows if 1 <= r.depth <= depth] or [r for r in self.rows if r.depth == 0]
 
     def __str__(self) -> str:
-        from .formatting import summary_table
-
         return summary_table(self)
-
-
-def _shape(value: Any) -> Shape | None:
-    tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
-    return tuple(tensors[0].shape[1:]) if tensors else None
 
 
 def _input_itemsize(model: nn.Module) -> int:
@@ -225,7 +221,7 @@ def summarize(model: nn.Module, input_shape: Shape, batch_size: int = 1, name: s
     try:
         model.eval()  # batch norm on one sample only works in eval mode
         try:
-            if _small(model, input_shape, batch_size):
+            if small_enough(model, input_shape, batch_size):
                 rows, output = _trace(model, input_shape, batch_size, meta=False)
             else:
                 rows, output = _trace(model, input_shape, batch_size, meta=True)
@@ -255,37 +251,8 @@ def summarize(model: nn.Module, input_shape: Shape, batch_size: int = 1, name: s
         input_bytes=batch_size * math.prod(input_shape) * _input_itemsize(model),
         activation_bytes=sum(r.out_bytes for r in leaves),
         mult_adds=sum(r.mult_adds for r in leaves),
-        shared=notes, warnings=list(dict.fromkeys(warnings)), output_shape=_shape(output),
+        shared=notes, warnings=list(dict.fromkeys(warnings)), output_shape=first_shape(output),
     )
-
-
-# PyTorch runs many meta kernels (relu, add, ...) as Python references whose first call imports
-# torch._dynamo, about 1 s, so for a small model a real pass over zeros is the quicker one. Small:
-# at most 2**16 input values (3x128x128) and 4e9 parameters x input positions, a bound on the
-# mult-adds (a convolution uses each weight once per output position, at most one per input
-# position), about 0.2 s and a few hundred MB at the very most; seed-cnn on 1x28x28 takes under 10 ms.
-REAL_PASS_VALUES = 2**16
-REAL_PASS_BUDGET = 4e9
-
-
-def _small(model: nn.Module, input_shape: Shape, batch_size: int) -> bool:
-    """Whether a pass over real zeros costs less than the meta device's first use."""
-    params = sum(p.numel() for p in model.parameters())
-    positions = math.prod(input_shape[1:]) if len(input_shape) >= 2 else 1
-    return (0 < params and batch_size * math.prod(input_shape) <= REAL_PASS_VALUES
-            and params * positions * batch_size <= REAL_PASS_BUDGET)
-
-
-@contextlib.contextmanager
-def _untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """A real pass leaves no trace: the parameters, buffers and random number generators as they were
-    (a forward pass may update a buffer or draw random numbers, and a resumed run must not see it)."""
-    saved = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        try:
-            yield
-        finally:
-            model.load_state_dict(saved)
 
 
 def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) -> tuple[list[Row], Any]:
@@ -302,7 +269,7 @@ def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) ->
         path = names[id(module)]
         calls[id(module)] = calls.get(id(module), 0) + 1
         row = Row(path, type(module).__name__, 0 if path == "" else path.count(".") + 1,
-                  in_shape=_shape(args), call=calls[id(module)], leaf=not any(True for _ in module.children()),
+                  in_shape=first_shape(args), call=calls[id(module)], leaf=not any(True for _ in module.children()),
                   detail=module.extra_repr())
         if stack:
             stack[-1].children.append(row)
@@ -317,7 +284,7 @@ def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) ->
 
     def post(module: nn.Module, args: tuple, output: Any) -> None:
         row = stack.pop()
-        row.out_shape = _shape(output)
+        row.out_shape = first_shape(output)
         if row.call == 1:  # a module called again shows its parameters at its first call only
             row.params, row.frozen = _count(own[id(module)], counted)
         row.reach = tracker.get(output)
@@ -344,7 +311,7 @@ def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) ->
                 weights = {n: torch.empty_like(t, device="meta") for n, t in [*model.named_parameters(), *model.named_buffers()]}
                 output = torch.func.functional_call(model, weights, (probe,))
             else:
-                with _untouched(model, probe.device):
+                with untouched(model, probe.device):
                     output = model(probe)
     except ArchitectureError:
         raise
@@ -395,10 +362,6 @@ def summary(model: str | nn.Module, input_shape: str | Shape | None = None, num_
 
     input_shape defaults to a registered model's own, or to the one a spec file names.
     """
-    from .models import load_model, model_info, short_name
-    from .models.refs import kind_of
-    from .spec import load, parse_shape
-
     if input_shape is None:
         if isinstance(model, str) and kind_of(model) == "registered":
             input_shape = model_info(model).input_shape

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import TrainingError, UsageError
+from cnnlab.errors import TrainingError, UsageError
 
 TIMEOUT_ENV = "CNNLAB_DIST_TIMEOUT"
 # Long enough for rank 0 to validate and write a checkpoint on a CPU while the others wait in a

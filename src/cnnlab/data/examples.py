@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
-from .data.sources import FASHION_CLASSES, SAMPLE_DIR
-from .errors import UsageError
+from cnnlab.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
+from cnnlab.data.sources import FASHION_CLASSES, SAMPLE_DIR
+from cnnlab.errors import UsageError
 
 # Lecture 001's exercise ("In pairs"): the 7x7 matrix A and the 3x3 kernel B.
 LECTURE_A = np.array([

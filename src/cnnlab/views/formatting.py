@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import unicodedata
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,24 +17,17 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .arithmetic import shape_text
-from .errors import UsageError
+from cnnlab.teach.arithmetic import shape_text
+from cnnlab.errors import UsageError, printable
 
 
 if TYPE_CHECKING:  # only for annotations: training imports this module to print its banner
-    from .compare import Comparison
-    from .evaluate import Evaluation, Prediction
-    from .summary import Summary
+    from cnnlab.training.compare import Comparison
+    from cnnlab.inspect.evaluate import Evaluation, Prediction
+    from cnnlab.inspect.summary import Summary
 
 FORMATS = ("table", "markdown", "json")
 Column = tuple[str, str, Callable[[Any], str]]  # (key, header, formatter)
-
-
-def printable(text: object) -> str:
-    """Text that prints and encodes as UTF-8 everywhere: a file name's bytes that are not UTF-8 (Linux keeps
-    them as lone surrogates) and control characters other than newline and tab each become U+FFFD."""
-    return "".join("\ufffd" if unicodedata.category(ch) in ("Cs", "Cc") and ch not in "\n\t" else ch
-                   for ch in str(text))
 
 
 def percent(value: float | None) -> str:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UsageError
+from cnnlab.errors import UsageError
 
 
 @dataclass

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import ArchitectureError
+from cnnlab.errors import ArchitectureError
 
 if TYPE_CHECKING:
     from torch import nn

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from . import __version__, cli_teach
+from cnnlab.version import __version__
+from cnnlab.cli import teach as cli_teach
 
 # Each command imports what it needs inside its function, and the parser is built from torch-free
 # modules (settings.py, recipes.py): `cnnlab --help` and the NumPy teaching commands must not pay for
@@ -34,8 +35,8 @@ def _data_flags(p: argparse.ArgumentParser, dataset: bool = True) -> None:
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
-    from .recipes import RECIPES
-    from .settings import AUGMENTS, OPTIMIZERS, PRECISIONS, SCHEDULES, Settings
+    from cnnlab.training.recipes import RECIPES
+    from cnnlab.settings import AUGMENTS, OPTIMIZERS, PRECISIONS, SCHEDULES, Settings
 
     d = Settings()  # the lecture's recipe; flags left out keep the --recipe's values (None here)
     _data_flags(p)
@@ -92,7 +93,7 @@ def _trust_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _open(path: str, args: argparse.Namespace):
-    from .runs import open_run
+    from cnnlab.runs.folder import open_run
 
     return open_run(path, trust_code=args.trust_code)
 
@@ -106,7 +107,7 @@ def _format_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    from .settings import Settings
+    from cnnlab.settings import Settings
 
     keys = [f.name for f in fields(Settings)]  # every setting has a flag of the same name
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}  # None: Settings' default
@@ -118,8 +119,8 @@ def _data_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .errors import UsageError
-    from .train import resume, train
+    from cnnlab.errors import UsageError
+    from cnnlab.training.loop import resume, train
 
     if args.resume:
         given = sorted(set(_settings(args)) - {"epochs"})
@@ -134,8 +135,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from . import formatting
-    from .evaluate import evaluate
+    from cnnlab.views import formatting
+    from cnnlab.inspect.evaluate import evaluate
 
     ev = evaluate(_open(args.run, args), split=args.split, data_dir=args.data_dir, download=args.download, device=args.device,
                   dataset=args.dataset)
@@ -143,16 +144,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from . import formatting
-    from .evaluate import predict
+    from cnnlab.views import formatting
+    from cnnlab.inspect.evaluate import predict
 
     preds = predict(_open(args.run, args), args.images, topk=args.top_k, invert=args.invert, device=args.device)
     print(formatting.predictions(preds, args.format))
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from . import formatting
-    from .compare import compare
+    from cnnlab.views import formatting
+    from cnnlab.training.compare import compare
 
     comp = compare(args.models, args.dataset, **_data_kwargs(args), out=args.out, overwrite=args.overwrite,
                    device=args.device, verbose=not args.quiet, report=args.report, **_settings(args))
@@ -164,7 +165,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from .report import compare_report, report
+    from cnnlab.report.page import compare_report, report
 
     data = {"device": args.device, "data_dir": args.data_dir, "dataset": args.dataset, "download": args.download}
     if len(args.runs) == 1:
@@ -175,27 +176,27 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_featuremaps(args: argparse.Namespace) -> None:
-    from .inside import featuremaps
+    from cnnlab.inspect.inside import featuremaps
 
     paths = featuremaps(_open(args.run, args), args.image, args.layer, args.out, args.channels, args.invert)
     print(f"wrote {len(paths)} file(s): " + ", ".join(map(str, paths)))
 
 
 def cmd_filters(args: argparse.Namespace) -> None:
-    from .inside import filters
+    from cnnlab.inspect.inside import filters
 
     print(f"wrote {filters(_open(args.run, args), args.layer, args.out)}")
 
 
 def cmd_cam(args: argparse.Namespace) -> None:
-    from .inside import cam
+    from cnnlab.inspect.inside import cam
 
     print(f"wrote {cam(_open(args.run, args), args.images, args.layer, args.target, args.out, args.invert)}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from . import formatting
-    from .compare import DEMO_SETTINGS, demo
+    from cnnlab.views import formatting
+    from cnnlab.training.compare import DEMO_SETTINGS, demo
 
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone prints
         print(f"cnnlab demo: lecture 001's MLP vs CNN on the Fashion-MNIST sample shipped with cnnlab "
@@ -230,15 +231,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_sample_images(args: argparse.Namespace) -> None:
-    from .examples import describe, write_examples
+    from cnnlab.data.examples import describe, write_examples
 
     for path in write_examples(args.dir, overwrite=args.overwrite):
         print(f"wrote {path}  ({describe(path)})")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from . import formatting
-    from .models import get_model, list_models, model_info
+    from cnnlab.views import formatting
+    from cnnlab.models import get_model, list_models, model_info
 
     rows = []
     for name in list_models():
@@ -258,23 +259,24 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from .formatting import summary_table
-    from .summary import summary
+    from cnnlab.views.formatting import summary_table
+    from cnnlab.inspect.summary import summary
 
     result = summary(args.model, args.input, args.classes, args.batch_size)
     print(summary_table(result, args.format, args.depth, args.explain))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from . import formatting, machine
-    from .evaluate import resolve_device
+    from cnnlab.views import formatting
+    from cnnlab.training import machine
+    from cnnlab.inspect.evaluate import resolve_device
 
     print(formatting.machine_info(machine.info(resolve_device(args.device), measure=args.measure), args.format))
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
-    from . import formatting
-    from .data.sources import DATASETS, data_roots, locate
+    from cnnlab.views import formatting
+    from cnnlab.data.sources import DATASETS, data_roots, locate
 
     rows = [{"dataset": name, "found": locate(name, args.data_dir) or ("-" if ":" in name else "not found"),
              "description": text} for name, text in DATASETS.items()]
@@ -410,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .errors import Error, Interrupted
+    from cnnlab.errors import Error, Interrupted
 
     for stream in (sys.stdout, sys.stderr):  # paths given on Linux may hold bytes that are not UTF-8
         if hasattr(stream, "reconfigure"):

@@ -22,20 +22,22 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import __version__, distributed, machine
-from .data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
-from .errors import Interrupted, RunError, TrainingError, UsageError
-from .evaluate import EVAL_BATCH, evaluate_model, judged, load_run_data, loss_and_accuracy, resolve_device
-from .formatting import summary_table
-from .lock import hold_run_folder
-from .models import load_model, short_name, stored_ref
-from .recipes import settings_for
-from .runs import (
+from cnnlab.version import __version__
+from cnnlab.training import distributed
+from cnnlab.training import machine
+from cnnlab.data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
+from cnnlab.errors import Interrupted, RunError, TrainingError, UsageError
+from cnnlab.inspect.evaluate import EVAL_BATCH, evaluate_model, judged, load_run_data, loss_and_accuracy, resolve_device
+from cnnlab.views.formatting import summary_table
+from cnnlab.training.lock import hold_run_folder
+from cnnlab.models import load_model, short_name, stored_ref
+from cnnlab.training.recipes import settings_for
+from cnnlab.runs.folder import (
     FORMAT_VERSION, Run, load_checkpoint, load_safetensors, open_run, save_checkpoint, save_weights, write_history,
     write_json, write_text,
 )
-from .settings import Settings, lr_factor, make_optimizer, settings_of, subset_cap
-from .summary import summarize
+from cnnlab.settings import Settings, lr_factor, make_optimizer, settings_of, subset_cap
+from cnnlab.inspect.summary import summarize
 
 
 def split_for_training(dataset: ImageData, s: Settings) -> tuple[Split, Split]:
@@ -208,7 +210,7 @@ def resume(run: str | Path | Run, epochs: int | None = None, device: str = "auto
 def _report(run: Run | None, dataset: ImageData, device: str, verbose: bool, report: bool) -> None:
     """The run's report.html at the end of training, on rank 0 (`run` is None on the others)."""
     if run is not None and report:
-        from .report import after_training  # matplotlib is imported only when a report is written
+        from cnnlab.report.page import after_training  # matplotlib is imported only when a report is written
 
         after_training(run, dataset, device, verbose)
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import UsageError
-from .settings import Settings
+from cnnlab.errors import UsageError
+from cnnlab.settings import Settings
 
 _FAST = {
     "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "schedule": "onecycle", "warmup": 0.2,

@@ -15,11 +15,11 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from . import viz
-from .cam import Cam, grad_cam
-from .errors import UsageError
-from .evaluate import prepare_images
-from .runs import Run, open_run
+from cnnlab.views import viz
+from cnnlab.inspect.cam import Cam, grad_cam
+from cnnlab.errors import UsageError
+from cnnlab.inspect.evaluate import prepare_images
+from cnnlab.runs.folder import Run, open_run
 
 REPORT_CHANNELS = 32  # feature maps shown per layer in a report; the command shows 64 by default
 

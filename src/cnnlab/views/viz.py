@@ -18,9 +18,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .errors import ImageError
-from .formatting import printable
-from .runs import atomic_write, why_not_written
+from cnnlab.errors import printable, ImageError
+from cnnlab.runs.folder import atomic_write, why_not_written
 
 DPI = 100
 

@@ -11,13 +11,14 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from . import __version__, viz
-from .data import ImageData
-from .errors import RunError, UsageError
-from .evaluate import load_run_data
-from .runs import Run, open_run, why_not_written, write_text
-from .formatting import percent
-from .sections import SECTIONS, Findings, esc, figure, findings
+from cnnlab.version import __version__
+from cnnlab.views import viz
+from cnnlab.data import ImageData
+from cnnlab.errors import RunError, UsageError
+from cnnlab.inspect.evaluate import load_run_data
+from cnnlab.runs.folder import Run, open_run, why_not_written, write_text
+from cnnlab.views.formatting import percent
+from cnnlab.report.sections import SECTIONS, Findings, esc, figure, findings
 
 
 STYLE = """

@@ -12,14 +12,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import distributed
-from .data import load_dataset
-from .errors import UsageError
-from .evaluate import resolve_device
-from .models import short_name
-from .runs import Run
-from .recipes import settings_for
-from .train import train
+from cnnlab.training import distributed
+from cnnlab.data import load_dataset
+from cnnlab.errors import UsageError
+from cnnlab.inspect.evaluate import resolve_device
+from cnnlab.models import short_name
+from cnnlab.runs.folder import Run
+from cnnlab.training.recipes import settings_for
+from cnnlab.training.loop import train
 
 # The lectures' own settings; on the 8,000-image sample both models train in well under 2 minutes.
 DEMO_MODELS = ("seed-mlp", "seed-cnn")
@@ -103,7 +103,7 @@ def compare(
         return None
     page = None
     if report and len(runs) > 1:
-        from .report import after_comparison  # matplotlib is imported only when a report is written
+        from cnnlab.report.page import after_comparison  # matplotlib is imported only when a report is written
 
         page = after_comparison(runs, out / "report.html", data, device)
     return Comparison(data.name, out, runs, page)

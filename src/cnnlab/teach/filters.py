@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from . import images
-from .errors import UsageError
+from cnnlab.data import images
+from cnnlab.errors import UsageError
 
 EDGE_MODES = {"zero": "constant", "extend": "replicate", "reflect": "reflect", "wrap": "circular", "crop": None}
 SCALES = ("auto", "clip", "minmax", "abs")
@@ -106,7 +106,7 @@ def resolve(kernel: str | np.ndarray) -> tuple[str, np.ndarray | None]:
             raise UsageError(f"{name}: the size must be 1 to 255")
         weights = np.full((n, n), 1.0 / n**2) if m.group(1) == "box" else _binomial(n)
         return name, weights
-    from .steps import is_file, parse_matrix
+    from cnnlab.teach.steps import is_file, parse_matrix
 
     if re.search(r"\d", name) or is_file(kernel):
 

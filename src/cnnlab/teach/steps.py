@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import reference
-from .arithmetic import Step, conv_size, pool_size
-from .errors import UsageError
+from cnnlab.teach import reference
+from cnnlab.teach.arithmetic import Step, conv_size, pool_size
+from cnnlab.errors import UsageError
 
 Args = dict[str, int | bool | None]
 # Arguments each step takes, in positional order, with their defaults (a pooling stride of

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from cnnlab.errors import ImageError
 
 # File endings treated as images when scanning folders (as torchvision's ImageFolder does).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -29,7 +29,7 @@ MAX_PIXELS = 100_000_000
 Size = tuple[int, int]  # (height, width)
 
 # A real photograph shipped with cnnlab (CC0, see data/sample/README.md), for trying filters.
-SAMPLE_IMAGE = Path(__file__).parent / "data" / "sample" / "chelsea.jpg"
+SAMPLE_IMAGE = Path(__file__).parent / "sample" / "chelsea.jpg"
 
 
 def _open(path: Path) -> Image.Image:

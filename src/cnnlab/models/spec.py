@@ -23,8 +23,8 @@ from typing import Any
 
 from torch import nn
 
-from .arithmetic import LayerMath, Shape, layer_math, same_padding, shape_text
-from .errors import ArchitectureError, ArchitectureWarning, ModelError, UsageError
+from cnnlab.teach.arithmetic import LayerMath, Shape, layer_math, same_padding, shape_text
+from cnnlab.errors import ArchitectureError, ArchitectureWarning, ModelError, UsageError
 
 Value = int | float | bool | str | tuple[int, int]
 

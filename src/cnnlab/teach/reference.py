@@ -27,8 +27,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .arithmetic import as_pair, conv_size, pool_size
-from .errors import UsageError
+from cnnlab.teach.arithmetic import as_pair, conv_size, pool_size
+from cnnlab.errors import UsageError
 
 Pair = tuple[int, int]
 IntOrPair = int | tuple[int, int]

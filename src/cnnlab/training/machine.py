@@ -195,7 +195,7 @@ def choose_precision(asked: str, device: torch.device) -> Choice:
 
 def images_per_second(precision: str, device: torch.device, seconds: float = 1.5, channels_last: bool = True) -> float:
     """Training images per second of the fast recipe's model for Fashion-MNIST (fast-cnn-28, batch 256)."""
-    from .models import get_model
+    from cnnlab.models import get_model
 
     layout = torch.channels_last if channels_last else torch.contiguous_format
     torch_state = torch.get_rng_state()
@@ -218,7 +218,7 @@ def images_per_second(precision: str, device: torch.device, seconds: float = 1.5
 def info(device: torch.device, measure: bool = True) -> dict[str, Any]:
     """Versions, device, CPU capability, threads, the precision recipes would choose and why, and
     (with `measure`) the fast recipe's training speed here."""
-    from . import __version__
+    from cnnlab.version import __version__
 
     versions = {"cnnlab": __version__, "python": sys.version.split()[0], "torch": torch.__version__}
     for package in ("torchvision", "numpy", "PIL", "safetensors"):

@@ -17,15 +17,17 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
-from . import inside, viz
-from .cam import Cam
-from .data import BatchLoader, ImageData
-from .data.augment import augment
-from .evaluate import EVAL_BATCH, Evaluation, collect_logits, evaluation_of, resolve_device, run_model
-from .errors import UsageError
-from .formatting import percent, printable
-from .models import short_name
-from .runs import Run
+from cnnlab.inspect import inside
+from cnnlab.views import viz
+from cnnlab.inspect.cam import Cam
+from cnnlab.data import BatchLoader, ImageData
+from cnnlab.data.augment import augment
+from cnnlab.inspect.evaluate import EVAL_BATCH, Evaluation, collect_logits, evaluation_of, resolve_device, run_model
+from cnnlab.errors import UsageError
+from cnnlab.views.formatting import percent
+from cnnlab.errors import printable
+from cnnlab.models import short_name
+from cnnlab.runs.folder import Run
 
 TOP_LOSSES = 16
 FEATURE_IMAGES = 3

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from . import distributed
-from .errors import RunError
+from cnnlab.training import distributed
+from cnnlab.errors import RunError
 
 try:
     import fcntl

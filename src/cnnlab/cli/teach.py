@@ -10,7 +10,7 @@ Command = Callable[[str, str, Callable[[argparse.Namespace], None]], argparse.Ar
 
 
 def cmd_arith(args: argparse.Namespace) -> None:
-    from . import arithmetic
+    from cnnlab.teach import arithmetic
 
     if args.question == "size":
         lines = arithmetic.size_answer(args.size, args.kernel, args.stride, args.padding, args.dilation,
@@ -27,8 +27,8 @@ def cmd_arith(args: argparse.Namespace) -> None:
 def _shape_lines(spec: str, input_shape: str | None) -> list[str]:
     import math
 
-    from .arithmetic import shape_text
-    from .spec import walk
+    from cnnlab.teach.arithmetic import shape_text
+    from cnnlab.models.spec import walk
 
     built = walk(spec, input_shape)
     lines = []
@@ -45,7 +45,7 @@ def _shape_lines(spec: str, input_shape: str | None) -> list[str]:
 
 def _check_flags(**flags: tuple[int | None, int, int]) -> None:
     """Refuse a flag outside [low, high], naming the flag (steps.py would name the step's argument)."""
-    from .errors import UsageError
+    from cnnlab.errors import UsageError
 
     for name, (value, low, high) in flags.items():
         if value is not None and not low <= value <= high:
@@ -54,21 +54,21 @@ def _check_flags(**flags: tuple[int | None, int, int]) -> None:
 
 def _step_flags(args: argparse.Namespace, **sizes: int | None) -> None:
     """The window flags of conv and pool, and --limit, in the ranges steps.py accepts."""
-    from .steps import MAX_PADDING, MAX_SIZE
+    from cnnlab.teach.steps import MAX_PADDING, MAX_SIZE
 
     _check_flags(**{k: (v, 1, MAX_SIZE) for k, v in sizes.items()}, padding=(args.padding, 0, MAX_PADDING),
                  limit=(args.limit, 0, 10**9))
 
 
 def _grad(value: str | None):
-    from .steps import parse_matrix
+    from cnnlab.teach.steps import parse_matrix
 
     return value if value in (None, "ones") else parse_matrix(value)
 
 
 def cmd_conv(args: argparse.Namespace) -> None:
-    from . import steps
-    from .errors import UsageError
+    from cnnlab.teach import steps
+    from cnnlab.errors import UsageError
 
     _step_flags(args, stride=args.stride, dilation=args.dilation)
     kernel = steps.parse_matrix(args.kernel) if args.kernel else None
@@ -85,8 +85,8 @@ def cmd_conv(args: argparse.Namespace) -> None:
 
 
 def cmd_pool(args: argparse.Namespace) -> None:
-    from . import steps
-    from .errors import UsageError
+    from cnnlab.teach import steps
+    from cnnlab.errors import UsageError
 
     _step_flags(args, size=args.size, stride=args.stride, dilation=args.dilation)
     if args.avg and args.dilation is not None:
@@ -98,7 +98,7 @@ def cmd_pool(args: argparse.Namespace) -> None:
 
 
 def cmd_filter(args: argparse.Namespace) -> None:
-    from . import filters
+    from cnnlab.teach import filters
 
     if args.list:
         for name, kernel in filters.KERNELS.items():
@@ -106,13 +106,13 @@ def cmd_filter(args: argparse.Namespace) -> None:
         print(f"{filters.SOBEL:10} the gradient magnitude sqrt(S_x^2 + S_y^2)")
         return
     if not args.image:
-        from .images import SAMPLE_IMAGE
+        from cnnlab.data.images import SAMPLE_IMAGE
 
         args.image = str(SAMPLE_IMAGE)
         print(f"no image given: using the photo shipped with cnnlab, {SAMPLE_IMAGE.name}")
     if args.grid is not None:
         if args.kernel is not None or args.stride != 1:
-            from .errors import UsageError
+            from cnnlab.errors import UsageError
 
             raise UsageError("--grid takes its kernels as a list, --grid sobel-x,gaussian:5,edge, and has no --kernel "
                              "or --stride")
@@ -128,7 +128,7 @@ def cmd_filter(args: argparse.Namespace) -> None:
           f"{'each colour channel' if args.color else 'grayscale by ITU-R 601 luma'}), edge={args.edge}, "
           f"stride={args.stride}")
     if result.weights is not None:
-        from .steps import matrix_text
+        from cnnlab.teach.steps import matrix_text
 
         print(f"kernel (weights sum to {result.weights.sum():.4g}):\n{matrix_text(result.weights)}")
     print(f"output {size}, values {low:.4g} to {high:.4g}, shown with scale={result.scale} -> {result.path}")

@@ -30,10 +30,10 @@ import torch
 from safetensors.torch import load as parse_safetensors, save_model
 from torch import nn
 
-from .errors import RunError, UsageError
-from .images import MAX_PIXELS
-from .models import load_model
-from .settings import Settings
+from cnnlab.errors import RunError, UsageError
+from cnnlab.data.images import MAX_PIXELS
+from cnnlab.models import load_model
+from cnnlab.settings import Settings
 
 FORMAT_VERSION = 1
 HISTORY_FIELDS = [

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import images
-from .data import BatchLoader, ImageData, Split, load_dataset
-from .errors import RunError, UsageError
-from .runs import Run, open_run
+from cnnlab.data import images
+from cnnlab.data import BatchLoader, ImageData, Split, load_dataset
+from cnnlab.errors import RunError, UsageError
+from cnnlab.runs.folder import Run, open_run
 
 # Images per evaluation batch: on a CPU, 128 ran fastest for seed-cnn and fast-cnn-28 (larger batches
 # fall out of the cache: 500 was 25-35% slower).
