@@ -24,9 +24,8 @@ from typing import Any
 from torch import nn
 
 from cnnlab.teach.arithmetic import LayerMath, Shape, layer_math, same_padding, shape_text
+from cnnlab.teach.calls import Value, parse_call
 from cnnlab.errors import ArchitectureError, ArchitectureWarning, ModelError, UsageError
-
-Value = int | float | bool | str | tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -129,24 +128,6 @@ def _format(value: Value) -> str:
     return str(value)
 
 
-def _value(text: str) -> Value:
-    text = text.strip()
-    if re.fullmatch(r"[+-]?\d+", text):
-        return int(text)
-    if re.fullmatch(r"\d+x\d+", text):
-        a, b = text.split("x")
-        return (int(a), int(b))
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    if re.fullmatch(r"[A-Za-z_]+", text):
-        return text.lower()
-    raise UsageError(f"cannot read the value {text!r}: use a number, true/false, a word or a pair like 3x5")
-
-
 @dataclass(frozen=True, eq=False)
 class Layer:
     """One layer of a spec, its arguments kept as written so that it prints back the same."""
@@ -182,21 +163,15 @@ class Spec:
 
 def parse_layer(text: str, given: list[tuple[str | None, Value]] | None = None) -> Layer:
     """One layer from `name(args)` text, or from a name and already-read arguments."""
-    m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*", text, re.S)
-    if not m:
-        raise UsageError(f"cannot read the layer {text!r}: write it as name or name(arguments), e.g. conv(64,3)")
-    name = m.group(1).lower()
+    call = parse_call(text, "layer", "conv(64,3)")
+    name = call.name
     kind = ALIASES.get(name, name)
     if kind not in KINDS:
         close = difflib.get_close_matches(kind, [*KINDS, *ALIASES], n=2)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
         raise UsageError(f"unknown layer {name!r}.{hint} Layers: {', '.join(KINDS)}")
     if given is None:
-        given = []
-        body = (m.group(2) or "").strip()
-        for part in body.split(",") if body else []:
-            key, eq, value = part.partition("=")
-            given.append((key.strip().lower(), _value(value)) if eq else (None, _value(part)))
+        given = [(arg.key, arg.value) for arg in call.args]
     layer = Layer(kind, tuple(given))
     layer.values  # noqa: B018  (resolving checks the arguments now, with the layer's text in view)
     return layer

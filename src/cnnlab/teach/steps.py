@@ -22,6 +22,7 @@ import numpy as np
 
 from cnnlab.teach import reference
 from cnnlab.teach.arithmetic import Step, conv_size, pool_size
+from cnnlab.teach.calls import Call, parse_call
 from cnnlab.errors import UsageError
 
 Args = dict[str, int | bool | None]
@@ -110,24 +111,28 @@ def parse_steps(text: str) -> list[tuple[str, Args]]:
     """'maxpool(2, stride=2); pad(2); conv' -> [(name, arguments), ...], every value checked."""
     steps = []
     for part in [p.strip() for p in re.split(r"[;\n]", text) if p.strip()]:
-        m = re.fullmatch(r"([a-z_]+)\s*(?:\((.*)\))?", part.lower())
-        if not m or m.group(1) not in STEPS:
+        try:
+            call: Call | None = parse_call(part.lower())
+        except UsageError:
+            call = None  # the message below also lists the steps there are
+        if call is None or call.name not in STEPS:
             raise UsageError(f"cannot read the step {part!r}; steps are {', '.join(STEPS)}, separated by ';', "
                              f"e.g. {EXAMPLE!r}")
-        name, defaults = m.group(1), STEPS[m.group(1)]
+        name, defaults = call.name, STEPS[call.name]
         args: Args = dict(defaults)
         seen: set[str] = set()
         named = False
-        body = (m.group(2) or "").strip()
-        for position, item in enumerate(body.split(",") if body else []):
-            key, eq, word = (s.strip() for s in item.partition("="))
-            named = named or bool(eq)
-            if not eq:
+        for position, arg in enumerate(call.args):
+            # Values are checked as written rather than read by arg.value: the number of digits
+            # is bounded before int(), and 1/0 count as true/false.
+            key, word = arg.key, arg.text
+            named = named or key is not None
+            if key is None:
                 if named:
-                    raise UsageError(f"{name}: a value without a name ({item.strip()!r}) after named ones")
-                key, word = (list(defaults)[position] if position < len(defaults) else ""), item.strip()
+                    raise UsageError(f"{name}: a value without a name ({arg.source!r}) after named ones")
+                key = list(defaults)[position] if position < len(defaults) else ""
             if key not in defaults:
-                raise UsageError(f"{name} takes {', '.join(defaults) or 'no arguments'}, not {item.strip()!r}")
+                raise UsageError(f"{name} takes {', '.join(defaults) or 'no arguments'}, not {arg.source!r}")
             if key in seen:
                 raise UsageError(f"{name}: {key} is given twice")
             seen.add(key)
