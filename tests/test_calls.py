@@ -33,6 +33,8 @@ def test_commas_always_split_and_a_bad_value_is_named():
         call.args[2].value
     with pytest.raises(UsageError, match="cannot read the value '': use a number"):
         parse_call("f(1,)").args[1].value
+    with pytest.raises(UsageError, match="the number 99999999999999999999... has 5,000 characters"):
+        parse_call(f"conv({'9' * 5000},3)").args[0].value  # a ValueError from int() before
 
 
 @pytest.mark.parametrize("text", ["conv(64,3", "64conv", "conv(3) relu", "conv[3]", ""])

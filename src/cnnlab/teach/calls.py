@@ -30,6 +30,8 @@ class Arg:
     def value(self) -> Value:
         """The value read as the spec language writes it; a UsageError if it is none of its forms."""
         text = self.text
+        if len(text) > 100 and re.fullmatch(r"[+-]?\d+|\d+x\d+", text):  # int() refuses 4,301 digits or more
+            raise UsageError(f"the number {text[:20]}... has {len(text):,} characters; no argument needs that many")
         if re.fullmatch(r"[+-]?\d+", text):
             return int(text)
         if re.fullmatch(r"\d+x\d+", text):
