@@ -112,6 +112,13 @@ def test_save_round_trip(tmp_path):
     assert torch.allclose(back, x, atol=1 / 255)
 
 
+def test_to_pil_rounds_to_the_nearest_level():
+    gray = images.to_pil(torch.tensor([[[0.5, 0.999, 0.2, -1.0, 2.0]]]))
+    assert gray.mode == "L" and np.asarray(gray).tolist() == [[128, 255, 51, 0, 255]]  # to_pil_image: 127, 254
+    rgb = images.to_pil(torch.tensor([0.0, 0.5, 1.0])[:, None, None])
+    assert rgb.mode == "RGB" and np.asarray(rgb).tolist() == [[[0, 128, 255]]]
+
+
 def test_exif_orientation_is_applied(tmp_path):
     wide = np.zeros((2, 4, 3), np.uint8)  # stored 2 high, 4 wide
     wide[0, 0] = 255  # top-left pixel red

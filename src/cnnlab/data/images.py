@@ -124,8 +124,17 @@ def save(tensor: torch.Tensor, path: str | Path) -> None:
         tensor = tensor[None]
     if tensor.dim() != 3 or tensor.shape[0] not in (1, 3):
         raise ImageError(f"can only save (1|3, H, W) or (H, W) tensors, not {tuple(tensor.shape)}")
+    write(to_pil(tensor), path)
+
+
+def to_pil(tensor: torch.Tensor) -> Image.Image:
+    """A (1|3, H, W) tensor with values in [0, 1] as an 8-bit Pillow image, 'L' or 'RGB'.
+
+    Values are rounded to the nearest level (0.5 -> 128); torchvision's to_pil_image truncates
+    them (0.5 -> 127), which would change the pictures cnnlab has always written.
+    """
     array = (tensor.detach().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
-    write(Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array), path)
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
 
 
 def write(img: Image.Image, path: str | Path) -> None:
