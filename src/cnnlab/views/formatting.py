@@ -30,8 +30,19 @@ FORMATS = ("table", "markdown", "json")
 Column = tuple[str, str, Callable[[Any], str]]  # (key, header, formatter)
 
 
+def _missing(value: float | None) -> bool:
+    """Whether a number is absent: None, or NaN (a validation metric of a run without validation images)."""
+    return value is None or math.isnan(value)
+
+
 def percent(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.2%}"
+    """0.9312 -> 93.12%; "-" when missing."""
+    return "-" if _missing(value) else f"{value:.2%}"
+
+
+def loss(value: float | None) -> str:
+    """A loss to 4 decimals: 0.2345; "-" when missing."""
+    return "-" if _missing(value) else f"{value:.4f}"
 
 
 def integer(value: int | None) -> str:
@@ -39,7 +50,8 @@ def integer(value: int | None) -> str:
 
 
 def seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} s"
+    """12.3 s; "-" when missing."""
+    return "-" if _missing(value) else f"{value:.1f} s"
 
 
 def plain(value: Any) -> str:
@@ -71,7 +83,7 @@ def integer_text(value: str | None) -> str:
     return value or ""
 
 
-NUMERIC = (percent, integer, seconds, nbytes, integer_text)  # right-aligned columns
+NUMERIC = (percent, loss, integer, seconds, nbytes, integer_text)  # right-aligned columns
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[Column], fmt: str = "table", title: str = "") -> str:
