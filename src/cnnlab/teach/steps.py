@@ -112,10 +112,10 @@ def parse_steps(text: str) -> list[tuple[str, Args]]:
     steps = []
     for part in [p.strip() for p in re.split(r"[;\n]", text) if p.strip()]:
         try:
-            call: Call | None = parse_call(part.lower())
-        except UsageError:
-            call = None  # the message below also lists the steps there are
-        if call is None or call.name not in STEPS:
+            call = parse_call(part.lower())
+        except UsageError:  # not name(...): the message below also lists the steps there are
+            call = Call("")
+        if call.name not in STEPS:
             raise UsageError(f"cannot read the step {part!r}; steps are {', '.join(STEPS)}, separated by ';', "
                              f"e.g. {EXAMPLE!r}")
         name, defaults = call.name, STEPS[call.name]
@@ -123,8 +123,7 @@ def parse_steps(text: str) -> list[tuple[str, Args]]:
         seen: set[str] = set()
         named = False
         for position, arg in enumerate(call.args):
-            # Values are checked as written rather than read by arg.value: the number of digits
-            # is bounded before int(), and 1/0 count as true/false.
+            # Checked as written, not read by arg.value: digits are counted before int(); 1/0 are true/false.
             key, word = arg.key, arg.text
             named = named or key is not None
             if key is None:
