@@ -2,7 +2,8 @@
 data: URI, no script, no server, opens from disk.
 
 The page is the list of sections in sections.py, each rendered once per run: a run's report
-stacks them; a comparison puts each section's runs side by side.
+stacks them (templates/run.html.j2); a comparison puts each section's runs side by side
+(templates/comparison.html.j2). Both extend templates/page.html.j2: header, contents, style, footer.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from markupsafe import Markup
+
 from cnnlab.version import __version__
 from cnnlab.views import viz
 from cnnlab.data import ImageData
@@ -18,53 +21,26 @@ from cnnlab.errors import RunError, UsageError
 from cnnlab.inspect.evaluate import load_run_data
 from cnnlab.runs.folder import Run, open_run, why_not_written, write_text
 from cnnlab.views.formatting import percent
-from cnnlab.report.sections import SECTIONS, Findings, esc, figure, findings
+from cnnlab.report.sections import SECTIONS, Findings, figure, findings, from_template
 
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1400px; padding: 0 1.5em 3em; color: #222; }
-header { border-bottom: 1px solid #ccc; padding: 1em 0 .5em; }
-nav a { margin-right: 1em; }
-h2 { margin-top: 2em; border-bottom: 1px solid #eee; }
-h4 { margin: 1em 0 .3em; }
-/* 12 px, smaller on a narrow screen: seed-cnn's summary fits down to 800 px, beyond that it scrolls */
-pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: clamp(9px, 1.2vw, 12px); }
-table { border-collapse: collapse; margin: .5em 0; }
-td, th { padding: 2px 10px; text-align: right; border-bottom: 1px solid #eee; }
-td:first-child, th:first-child { text-align: left; }
-.barcell { width: 200px; } .bar { display: inline-block; height: 10px; background: #4a7fb5; }
-.big { font-size: 1.2em; }
-img.fig { max-width: 100%; height: auto; display: block; margin: .5em 0; }
-img.px { width: 84px; height: auto; image-rendering: pixelated; display: block; }
-.gallery { display: flex; flex-wrap: wrap; gap: 10px; }
-.gallery figure { margin: 0; width: 130px; font-size: 11px; }
-.cols { display: grid; gap: 2em; grid-template-columns: repeat(var(--n), minmax(0, 1fr)); }
-.cols > div { min-width: 0; }
-.cols table { font-size: 13px; } .cols td, .cols th { padding: 2px 6px; } .cols .barcell { width: 25%; }
-.cols.stacked { grid-template-columns: minmax(0, 1fr); gap: 0; }
-@media (max-width: 900px) { .cols { grid-template-columns: minmax(0, 1fr); }
-  body { padding: 0 .8em 2em; } table { font-size: 12px; } td, th { padding: 2px 4px; } }
-td.path { overflow-wrap: anywhere; text-align: left; }
-"""
-
-
-def page(title: str, intro: str, body: str, sections: list[tuple[str, str]]) -> str:
-    nav = "".join(f'<a href="#{key}">{esc(heading)}</a>' for key, heading in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f'<style>{STYLE}</style></head><body><header><h1>{esc(title)}</h1><p>{intro}</p><nav>{nav}</nav>'
-            f"</header>{body}<footer><p>Written by cnnlab {__version__} on "
-            f"{datetime.now():%Y-%m-%d %H:%M}.</p></footer></body></html>\n")
+def page(template: str, title: str, intro: str, contents: list[tuple[str, str]], **values: object) -> str:
+    """A whole page from `template` (which extends page.html.j2): `contents` lists its sections' (key, heading)."""
+    return from_template(template, title=title, intro=intro, contents=contents, version=__version__,
+                         written=f"{datetime.now():%Y-%m-%d %H:%M}", **values)
 
 
 def _intro(run: Run) -> str:
     d = run.config["data"]
-    return esc(f"{run.config['model']} on {d['dataset']} ({'x'.join(map(str, d['input_shape']))}, "
-               f"{len(d['classes'])} classes, {d['train_images']:,} training / {d['val_images']:,} validation / "
-               f"{d['test_images']:,} test images), {run.config['parameters']:,} parameters; run folder {run.path}")
+    return (f"{run.config['model']} on {d['dataset']} ({'x'.join(map(str, d['input_shape']))}, "
+            f"{len(d['classes'])} classes, {d['train_images']:,} training / {d['val_images']:,} validation / "
+            f"{d['test_images']:,} test images), {run.config['parameters']:,} parameters; run folder {run.path}")
 
 
-STACKED = {"model"}  # sections a comparison shows one run above the other rather than side by side
-Rendered = list[tuple[str, str, str]]  # (key, heading, html) for each section
+# Sections a comparison shows one run above the other rather than side by side: the model summaries are wide
+# fixed-width tables, each needs the page's width.
+STACKED = {"model"}
+Rendered = list[tuple[str, str, Markup]]  # (key, heading, html) for each section
 
 
 def render(f: Findings) -> Rendered:
@@ -73,9 +49,9 @@ def render(f: Findings) -> Rendered:
 
 
 def run_page(f: Findings, rendered: Rendered) -> str:
-    body = "".join(f'<section id="{key}"><h2>{esc(heading)}</h2>{html}</section>' for key, heading, html in rendered)
-    return page(f"{f.name} on {f.run.config['data']['dataset']}", _intro(f.run), body,
-                [(key, heading) for key, heading, _ in rendered])
+    """One run's report: its sections one after the other."""
+    return page("run.html.j2", f"{f.name} on {f.run.config['data']['dataset']}", _intro(f.run),
+                [(key, heading) for key, heading, _ in rendered], sections=rendered)
 
 
 def labels(all_findings: list[Findings]) -> list[str]:
@@ -87,26 +63,19 @@ def labels(all_findings: list[Findings]) -> list[str]:
 
 
 def comparison_page(all_findings: list[Findings], rendered: list[Rendered]) -> str:
+    """The runs side by side: an overview, then each section with a column per run."""
     names = labels(all_findings)
-    columns = f'<div class="cols" style="--n: {len(names)}">'
-    head = "".join(f"<tr><td>{esc(name)}</td><td>{f.run.config['parameters']:,}</td>"
-                   f"<td>{sum(r['seconds'] for r in f.run.history):.1f} s</td>"
-                   f"<td>{percent(f.evaluation.accuracy)}</td><td class='path'>{esc(f.run.path)}</td></tr>"
-                   for name, f in zip(names, all_findings))
-    curves = viz.curves({name: f.run.history for name, f in zip(names, all_findings)})
-    body = ('<section id="overview"><h2>Side by side</h2><table><tr><th>run</th><th>parameters</th>'
-            f"<th>training</th><th>test accuracy</th><th>run folder</th></tr>{head}</table>"
-            f"{figure(curves, 'training curves')}</section>")
-    for n, (key, heading, _) in enumerate(rendered[0]):
-        cells = "".join(f"<div><h3>{esc(name)}</h3>{sections[n][2]}</div>" for name, sections in zip(names, rendered))
-        # The model summaries are wide fixed-width tables: one above the other, each at the page's width.
-        layout = '<div class="cols stacked">' if key in STACKED else columns
-        body += f'<section id="{key}"><h2>{esc(heading)}</h2>{layout}{cells}</div></section>'
+    runs = [(name, f"{f.run.config['parameters']:,}", f"{sum(r['seconds'] for r in f.run.history):.1f} s",
+             percent(f.evaluation.accuracy), f.run.path) for name, f in zip(names, all_findings)]
+    curves = figure(viz.curves({name: f.run.history for name, f in zip(names, all_findings)}), "training curves")
+    sections = [(key, heading, [(name, each[n][2]) for name, each in zip(names, rendered)])
+                for n, (key, heading, _) in enumerate(rendered[0])]
     datasets = ", ".join(sorted({f.data.name for f in all_findings}))
-    intro = esc(f"{len(names)} runs on {datasets}, a column each: "
-                + "; ".join(f"{name} in {f.run.path}" for name, f in zip(names, all_findings)))
-    sections = [("overview", "Side by side")] + [(key, heading) for key, heading, _ in rendered[0]]
-    return page(f"{' vs '.join(names)} on {datasets}", intro, body, sections)
+    intro = (f"{len(names)} runs on {datasets}, a column each: "
+             + "; ".join(f"{name} in {f.run.path}" for name, f in zip(names, all_findings)))
+    contents = [("overview", "Side by side")] + [(key, heading) for key, heading, _ in rendered[0]]
+    return page("comparison.html.j2", f"{' vs '.join(names)} on {datasets}", intro, contents, runs=runs,
+                curves=curves, sections=sections, stacked=STACKED)
 
 
 def _findings(run: str | Path | Run, data: ImageData | None, device: str, data_dir: str | Path | None,

@@ -1,12 +1,12 @@
 """The report's sections: what one run's report shows, each a function of the run's `Findings`
-(one test pass, the plain network, the data) that returns HTML. report.py lays them out.
+(one test pass, the plain network, the data) that computes what to show and renders its template,
+templates/sections/KEY.html.j2. page.py lays them out.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-import html
 import io
 import math
 from collections.abc import Callable
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -74,51 +76,76 @@ def one_per_class(labels: torch.Tensor, count: int) -> list[int]:
 
 # --- HTML pieces ------------------------------------------------------------------------------------
 
-def esc(text: object) -> str:
-    """Text for HTML: escaped, and printable (a name's bytes that are not UTF-8 could not be written)."""
-    return html.escape(printable(text))
+def _printable(value: object) -> object:
+    """What `{{ value }}` writes before escaping: text made printable (a name's bytes that are not UTF-8
+    could not be written); Markup, a fragment a template rendered, as it is (escaped once already)."""
+    return value if isinstance(value, Markup) else printable(value)
 
 
-def img(png: bytes, alt: str, cls: str = "") -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img class="{cls}" alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+# autoescape: every value a template writes is HTML-escaped unless it is Markup (a fragment rendered here),
+# so a class or a run folder named like markup shows as text. StrictUndefined: a misspelt name fails
+# instead of writing nothing. trim_blocks, lstrip_blocks: a line of only {% ... %} leaves no blank line.
+TEMPLATES = Environment(loader=PackageLoader("cnnlab.report"), autoescape=True, finalize=_printable,
+                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
-def figure(fig: Figure, alt: str) -> str:
-    return img(viz.png(fig), alt, "fig")
+def from_template(name: str, **values: object) -> Markup:
+    """The HTML of templates/`name` filled with `values`."""
+    return Markup(TEMPLATES.get_template(name).render(**values))
 
 
-def picture(image: torch.Tensor, alt: str) -> str:
+def message(text: str) -> Markup:
+    """A section that has nothing to show but a sentence saying why."""
+    return from_template("message.html.j2", text=text)
+
+
+@dataclass(frozen=True)
+class Png:
+    """An embedded picture, for macros.html.j2's img: the PNG as a data: URI, its alt text, its style class."""
+
+    src: str
+    alt: str
+    cls: str
+
+
+def png(data: bytes, alt: str, cls: str) -> Png:
+    """PNG bytes, embedded."""
+    return Png("data:image/png;base64," + base64.b64encode(data).decode("ascii"), alt, cls)
+
+
+def figure(fig: Figure, alt: str) -> Png:
+    """A matplotlib figure, embedded at most at the page's width."""
+    return png(viz.png(fig), alt, "fig")
+
+
+def picture(image: torch.Tensor, alt: str) -> Png:
     """A uint8 image (C, H, W) as a small PNG, drawn large with square pixels by the style sheet."""
     array = image.permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
     Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(buffer, format="PNG")
-    return img(buffer.getvalue(), alt, "px")
+    return png(buffer.getvalue(), alt, "px")
 
 
-def gallery(items: list[tuple[torch.Tensor, str]]) -> str:
-    cells = "".join(f"<figure>{picture(image, caption)}<figcaption>{esc(caption)}</figcaption></figure>"
-                    for image, caption in items)
-    return f'<div class="gallery">{cells}</div>'
+def captioned(images: torch.Tensor, captions: list[str]) -> list[tuple[Png, str]]:
+    """A gallery's items (macros.html.j2): each image, its caption as its alt text too."""
+    return [(picture(image, caption), caption) for image, caption in zip(images, captions)]
 
 
 def loss(value: float | None) -> str:
+    """A loss for a table: 4 decimals, or "-" where there is none."""
     return "-" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 # --- the sections -----------------------------------------------------------------------------------
 
-def model_section(f: Findings) -> str:
+def model_section(f: Findings) -> Markup:
     path = f.run.path / "summary.txt"
     text = path.read_text(encoding="utf-8") if path.exists() else "(summary.txt is missing)"
     table, _, formulas = text.partition("How each number comes about:")
-    out = f"<pre>{esc(table.rstrip())}</pre>"
-    if formulas.strip():
-        out += f"<details><summary>How each number comes about</summary><pre>{esc(formulas.strip())}</pre></details>"
-    return out
+    return from_template("sections/model.html.j2", table=table.rstrip(), formulas=formulas.strip())
 
 
-def training_section(f: Findings) -> str:
+def training_section(f: Findings) -> Markup:
     history, t = f.run.history, f.run.config["train"]
     if f.run.config["data"]["val_images"] == 0:
         best = "no validation split, so the last epoch is kept"
@@ -129,55 +156,45 @@ def training_section(f: Findings) -> str:
         best = f"best epoch {epoch} (lowest validation loss)"
     settings = (f"{t['optimizer']} lr {t['lr']:g}, batch {t['batch_size']}, {t['epochs']} epochs planned, "
                 f"{len(history)} run; {best}; {sum(r['seconds'] for r in history):.1f} s of training")
-    if not history:
-        return f"<p>{esc(settings)}</p><p>No epoch has finished yet.</p>"
-    rows = "".join(
-        f"<tr><td>{r['epoch']}</td><td>{loss(r.get('train_loss'))}</td><td>{percent(r.get('train_accuracy'))}</td>"
-        f"<td>{loss(r.get('val_loss'))}</td><td>{percent(r.get('val_accuracy'))}</td><td>{r['seconds']:.1f}</td></tr>"
-        for r in history)
-    table = ("<details><summary>Each epoch</summary><table><tr><th>epoch</th><th>train loss</th><th>train acc</th>"
-             f"<th>val loss</th><th>val acc</th><th>seconds</th></tr>{rows}</table></details>")
-    return f"<p>{esc(settings)}</p>{figure(viz.curves({f.name: history}), 'training curves')}{table}"
+    epochs = [(r["epoch"], loss(r.get("train_loss")), percent(r.get("train_accuracy")), loss(r.get("val_loss")),
+               percent(r.get("val_accuracy")), f"{r['seconds']:.1f}") for r in history]
+    curves = figure(viz.curves({f.name: history}), "training curves") if history else None
+    return from_template("sections/training.html.j2", settings=settings, epochs=epochs, curves=curves)
 
 
-def results_section(f: Findings) -> str:
+def results_section(f: Findings) -> Markup:
     ev = f.evaluation
-    rows = []
-    for name, acc, total in zip(ev.classes, ev.per_class_accuracy, map(sum, ev.confusion)):
-        bar = f'<span class="bar" style="width:{0 if acc is None else 100 * acc:.1f}%"></span>'
-        rows.append(f"<tr><td>{esc(name)}</td><td>{total:,}</td><td>{percent(acc)}</td>"
-                    f"<td class='barcell'>{bar}</td></tr>")
-    return (f'<p class="big">test accuracy <b>{percent(ev.accuracy)}</b> of {ev.count:,} images '
-            f"(loss {loss(ev.loss)})</p><table><tr><th>class</th><th>images</th><th>accuracy</th><th></th></tr>"
-            f"{''.join(rows)}</table>")
+    rows = [(name, f"{total:,}", percent(acc), f"{0 if acc is None else 100 * acc:.1f}")
+            for name, acc, total in zip(ev.classes, ev.per_class_accuracy, map(sum, ev.confusion))]
+    return from_template("sections/results.html.j2", accuracy=percent(ev.accuracy), count=f"{ev.count:,}",
+                         loss=loss(ev.loss), rows=rows)
 
 
-def confusion_section(f: Findings) -> str:
+def confusion_section(f: Findings) -> Markup:
     ev = f.evaluation
     pairs = sorted(((n, t, p) for t, row in enumerate(ev.confusion) for p, n in enumerate(row) if t != p and n),
                    reverse=True)[:5]
-    items = "".join(
-        f"<li>{esc(ev.classes[t])} taken for {esc(ev.classes[p])}: {n:,} images "
-        f"({100 * n / max(1, sum(ev.confusion[t])):.1f}% of {esc(ev.classes[t])})</li>" for n, t, p in pairs)
-    listing = f"<p>Most confused (true → predicted):</p><ol>{items}</ol>" if pairs else "<p>No mistakes.</p>"
-    return figure(viz.confusion(ev.confusion, ev.classes), "confusion matrix") + listing
+    listed = [(ev.classes[t], ev.classes[p], f"{n:,}", f"{100 * n / max(1, sum(ev.confusion[t])):.1f}")
+              for n, t, p in pairs]
+    return from_template("sections/confusion.html.j2", matrix=figure(viz.confusion(ev.confusion, ev.classes),
+                                                                      "confusion matrix"), pairs=listed)
 
 
-def losses_section(f: Findings) -> str:
+def losses_section(f: Findings) -> Markup:
     k = min(TOP_LOSSES, len(f.losses))
     if k == 0:
-        return "<p>The test split is empty.</p>"
+        return message("The test split is empty.")
     classes, test = f.run.classes, f.data.test
-    items = []
-    for i in f.losses.topk(k).indices.tolist():
+    chosen, captions = f.losses.topk(k).indices.tolist(), []
+    for i in chosen:
         predicted, true = int(f.probabilities[i].argmax()), int(test.y[i])
-        items.append((test.x[i], f"#{i}: true {classes[true]}, predicted {classes[predicted]} "
-                                 f"{f.probabilities[i, predicted]:.0%} (true class {f.probabilities[i, true]:.0%}), "
-                                 f"loss {f.losses[i]:.2f}"))
-    return "<p>The test images the model was most wrong about (highest loss).</p>" + gallery(items)
+        captions.append(f"#{i}: true {classes[true]}, predicted {classes[predicted]} "
+                        f"{f.probabilities[i, predicted]:.0%} (true class {f.probabilities[i, true]:.0%}), "
+                        f"loss {f.losses[i]:.2f}")
+    return from_template("sections/losses.html.j2", items=captioned(test.x[chosen], captions))
 
 
-def augmentation_section(f: Findings) -> str:
+def augmentation_section(f: Findings) -> Markup:
     train = f.data.train
     chosen = one_per_class(train.y, 10)
     x = train.x[chosen]  # (n, C, H, W) uint8
@@ -186,20 +203,18 @@ def augmentation_section(f: Findings) -> str:
     if mode == "none":
         mode, note = "crop+flip", "this run trained without augmentation; shown: what --augment crop+flip would do"
     generator = torch.Generator().manual_seed(f.run.config["train"].get("seed", 0))
-    rows = [("training images", x)] + [(f"augmented, draw {d}", augment(x, mode, generator)) for d in (1, 2)]
+    batches = [("training images", x)] + [(f"augmented, draw {d}", augment(x, mode, generator)) for d in (1, 2)]
     names = [f.run.classes[int(c)] for c in train.y[chosen]]
-    out = f"<p>The same training images before and after augmentation, {esc(note)}.</p>"
-    for label, batch in rows:
-        out += f"<h4>{esc(label)}</h4>" + gallery(list(zip(batch, names)))
-    return out
+    rows = [(label, captioned(batch, names)) for label, batch in batches]
+    return from_template("sections/augmentation.html.j2", note=note, rows=rows)
 
 
-def filters_section(f: Findings) -> str:
+def filters_section(f: Findings) -> Markup:
     found = inside.layer_weights(f.model, f.run.input_shape)
     if found is None:
-        return "<p>This model has no convolution layer, nor a first linear layer on the whole image.</p>"
+        return message("This model has no convolution layer, nor a first linear layer on the whole image.")
     fig = inside.filter_figure(*found, f.run.input_shape)
-    return figure(fig, fig.get_label())
+    return from_template("sections/filters.html.j2", filters=figure(fig, fig.get_label()))
 
 
 def most_confident(labels: torch.Tensor, probabilities: torch.Tensor, count: int) -> list[int]:
@@ -217,44 +232,40 @@ def _test_images(f: Findings, chosen: list[int]) -> tuple[torch.Tensor, torch.Te
     return raw, x
 
 
-def featuremaps_section(f: Findings) -> str:
+def featuremaps_section(f: Findings) -> Markup:
     convs = inside.conv_layers(f.model)
     if not convs:
-        return "<p>This model has no convolution layers, so it makes no feature maps.</p>"
+        return message("This model has no convolution layers, so it makes no feature maps.")
     if len(f.data.test) == 0:
-        return "<p>The test split is empty.</p>"
+        return message("The test split is empty.")
     # Lecture 002's way: images that score very high for their category, and what each layer makes of them.
     chosen = most_confident(f.data.test.y, f.probabilities, FEATURE_IMAGES)
     raw, x = _test_images(f, chosen)
     maps = inside.feature_maps(f.model, x, convs)
     kinds = dict(f.model.named_modules())
-    out = ("<p>Every convolution's output for the test image of each of the first classes that the model "
-           "scores highest for its own class.</p>")
+    images = []
     for n, i in enumerate(chosen):
         c = int(f.data.test.y[i])
         name = f"test image #{i} ({f.run.classes[c]}, {f.probabilities[i, c]:.1%})"
-        out += f"<h4>{esc(name)}</h4>{picture(raw[n], name)}"
-        for layer in convs:
-            if layer in maps:
-                fig = inside.featuremap_figure(maps[layer][n], layer, type(kinds[layer]).__name__, f"#{i}",
-                                               inside.REPORT_CHANNELS)
-                out += figure(fig, fig.get_label())
-    return out
+        figures = [inside.featuremap_figure(maps[layer][n], layer, type(kinds[layer]).__name__, f"#{i}",
+                                            inside.REPORT_CHANNELS) for layer in convs if layer in maps]
+        images.append((name, picture(raw[n], name), [figure(fig, fig.get_label()) for fig in figures]))
+    return from_template("sections/featuremaps.html.j2", images=images)
 
 
-def cam_section(f: Findings) -> str:
+def cam_section(f: Findings) -> Markup:
     if len(f.data.test) == 0:
-        return "<p>The test split is empty.</p>"
+        return message("The test split is empty.")
     chosen = one_per_class(f.data.test.y, CAM_IMAGES)  # the first of each class: typical images, mistakes included
     raw, x = _test_images(f, chosen)
     try:
         last, cam = inside.evident_cam(f.model, x)
     except UsageError as exc:  # no feature maps larger than 1x1 (an MLP, a convolution over the whole image)
-        return f"<p>{esc(exc)}</p>"
+        return message(str(exc))
     names = [f"#{i}" for i in chosen]
     fig = inside.cam_figure(f.model, cam, raw.float() / 255, f.run.classes, true=f.data.test.y[chosen].tolist(),
                             names=names)
-    return f"<p>{esc(cam_text(last, cam, names))}</p>{figure(fig, fig.get_label())}"
+    return from_template("sections/cam.html.j2", text=cam_text(last, cam, names), maps=figure(fig, fig.get_label()))
 
 
 def cam_text(last: Cam, cam: Cam, names: list[str]) -> str:
@@ -279,7 +290,7 @@ def cam_text(last: Cam, cam: Cam, names: list[str]) -> str:
                    if blank else "")
 
 
-Section = Callable[[Findings], str]
+Section = Callable[[Findings], Markup]
 SECTIONS: list[tuple[str, str, Section]] = [
     ("model", "Model", model_section),
     ("training", "Training", training_section),
