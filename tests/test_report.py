@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import html
 import importlib
 import io
 import os
@@ -12,6 +13,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,7 +54,7 @@ def page(trained_run) -> str:
 def test_training_writes_a_self_contained_report(page):
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     for key, heading, _ in SECTIONS:
-        assert f'<section id="{key}"><h2>{heading}</h2>' in page.replace("&#x27;", "'")
+        assert f'<section id="{key}"><h2>{heading}</h2>' in page.replace("&#39;", "'")  # First layer's
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     assert "<script" not in page  # nothing to run
     pictures = images_of(page)
@@ -77,7 +79,7 @@ def test_report_numbers_are_the_runs(trained_run, page):
     logits, labels = collect_logits(run_model(trained_run, torch.device("cpu")),
                                     BatchLoader(data.test, 500, trained_run.mean, trained_run.std))
     worst = int(F.cross_entropy(logits, labels, reduction="none").argmax())
-    first = re.search(r'<div class="gallery"><figure><img [^>]*><figcaption>#(\d+): true ([^,]+),', page)
+    first = re.search(r'<div class="gallery">\s*<figure><img [^>]*><figcaption>#(\d+): true ([^,]+),', page)
     assert int(first[1]) == worst and first[2] == classes[int(labels[worst])]
     # Feature maps are shown for the test image of class 0 that is scored highest as class 0.
     own = logits.softmax(1)[:, 0].masked_fill(labels != 0, -1)
@@ -188,6 +190,25 @@ def test_report_of_a_moved_folder_dataset(cifar_jpegs, tmp_path):
     pictures = images_of(page)
     colour = [p for p in pictures if p.mode == "RGB" and p.size == (32, 32)]
     assert len(colour) >= 16 + 30  # top losses and training samples in colour, at their own size
+
+
+def test_markup_in_names_is_shown_as_text(tmp_path):
+    """Class names and a run folder that look like markup are written as text, in a run's page and in a
+    comparison's: escaped once, never a tag."""
+    data = tmp_path / "data"
+    for i, name in enumerate(["<script>alert(1)", "a&b", "ok"]):
+        (data / name).mkdir(parents=True)
+        for j in range(4):
+            Image.fromarray(np.full((8, 8, 3), 40 * i + j, dtype=np.uint8)).save(data / name / f"{j}.png")
+    run = cnnlab.train("conv(2,3) relu flatten linear(3)", f"folder:{data}", epochs=1, out=tmp_path / "<script>&run",
+                       verbose=False)
+    folder = html.escape(str(run.path))
+    comparison = compare_report([run, run], tmp_path / "compare.html").read_text()
+    for page in ((run.path / "report.html").read_text(), comparison):
+        assert "<script" not in page and "&amp;amp;" not in page and "&amp;lt;" not in page
+        assert "<td>&lt;script&gt;alert(1)</td>" in page and "<td>a&amp;b</td>" in page
+        assert folder in page  # the intro names the run folder
+    assert f'<td class="path">{folder}</td>' in comparison
 
 
 def test_training_keeps_its_run_when_the_report_fails(tmp_path, monkeypatch, capsys):
