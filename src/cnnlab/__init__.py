@@ -26,6 +26,7 @@ _LAZY = {
     "compare": "training.compare",
     "demo": "training.compare",
     "evaluate": "inspect.evaluate",
+    "export": "export",
     "get_model": "models",
     "list_models": "models",
     "load_dataset": "data",
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from cnnlab.training.compare import compare, demo
     from cnnlab.data import load_dataset
     from cnnlab.inspect.evaluate import evaluate, predict
+    from cnnlab.export import export
     from cnnlab.models import get_model, list_models, register_model
     from cnnlab.runs.folder import open_run
     from cnnlab.models.spec import build
@@ -61,6 +63,7 @@ __all__ = [
     "compare",
     "demo",
     "evaluate",
+    "export",
     "get_model",
     "list_models",
     "load_dataset",

@@ -37,6 +37,10 @@ class UsageError(Error):
     """Arguments that do not fit together."""
 
 
+class ExportError(Error):
+    """A model cannot be exported, or the exported file does not compute what PyTorch computes."""
+
+
 class Interrupted(TrainingError):
     """Training was stopped by the user (Ctrl-C); the completed epochs are saved."""
 

@@ -151,6 +151,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(formatting.predictions(preds, args.format))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from cnnlab.export import export
+
+    result = export(_open(args.run, args), out=args.out, format=args.format, data_dir=args.data_dir,
+                    folder=args.folder, device=args.device, check=args.check)
+    print("\n".join(result.lines()))
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from cnnlab.views import formatting
     from cnnlab.training.compare import compare
@@ -332,6 +340,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert", action="store_true", help="invert dark-on-light images (MNIST-style data)")
     _device_flag(p)
     _format_flag(p)
+
+    p = command("export", "write a run's model as one file that runs without cnnlab (ONNX or .pt2), with its "
+                "class names and preprocessing, checked against PyTorch on the test split", cmd_export)
+    p.add_argument("run", help="run folder")
+    _trust_flag(p)
+    p.add_argument("--format", choices=("onnx", "pt2"), default="onnx", help="onnx (onnxruntime and others; needs "
+                   "pip install 'cnnlab[export]') or pt2 (torch.export.load); default onnx")
+    p.add_argument("--out", help="the file to write (default RUN/model.onnx or RUN/model.pt2; a JSON with the "
+                   "classes and preprocessing goes beside it)")
+    p.add_argument("--folder", metavar="DIR", help="check on these image files instead of the test split")
+    p.add_argument("--no-check", dest="check", action="store_false", help="write the file without comparing it "
+                   "with PyTorch")
+    p.add_argument("--data-dir", help="folder holding the datasets (default: $CNNLAB_DATA, then ~/.cache/cnnlab)")
+    p.add_argument("--device", default="cpu", help="where PyTorch computes the reference logits: cpu (default), "
+                   "cuda or auto; the file is always exported from the CPU")
 
     p = command("compare", "train several models with the same settings and compare them", cmd_compare)
     p.add_argument("models", nargs="+", metavar="MODEL", help="registered names or specs, e.g. seed-mlp seed-cnn")
