@@ -53,7 +53,7 @@ def main() -> None:
     lines = ["| model | test images | " + " | ".join(columns) + " | report() | `cnnlab report` | target / command |",
              "|---|---:|" + "---:|" * (len(columns) + 3)]
     for run in runs:
-        name = run.config["model"]
+        name = run.config.model
         report(run, out=scratch / "warm-up.html")  # the first call pays for importing matplotlib
         data, read = timed(lambda: load_run_data(run))
         f, test_pass = timed(lambda: findings(run, data, device="cpu"))

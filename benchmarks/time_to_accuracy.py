@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import cnnlab
 from cnnlab.data import load_dataset
-from cnnlab.inspect.evaluate import evaluate_model, run_model
+from cnnlab.inspect.evaluate import evaluate_model
 from cnnlab.models import get_model
 from cnnlab.inspect.summary import summarize
 
@@ -118,15 +118,14 @@ def cnnlab_recipe(name: str, root: str, out: str, model: str | None, recipe: str
     run = cnnlab.train(model, name, recipe=recipe, data_dir=root, out=out, overwrite=True, device="cpu",
                        verbose=False, val_fraction=0.0, watch_test=True, **settings)
     data = load_dataset(name, data_dir=root)
-    net = run_model(run, torch.device("cpu"))  # as `cnnlab evaluate` runs it: its layout, its TTA
-    channels_last = run.config["train"]["channels_last"]
-    evaluate_model(net, data.test, run.classes, run.mean, run.std, channels_last=channels_last)  # warm-up
+    model = cnnlab.load(run, device="cpu")  # as `cnnlab evaluate` runs it: its layout, its TTA
+    evaluate_model(model, data.test)  # warm-up
     started = time.perf_counter()
-    evaluate_model(net, data.test, run.classes, run.mean, run.std, channels_last=channels_last)
+    evaluate_model(model, data.test)
     infer = len(data.test) / (time.perf_counter() - started)
-    return {"model": run.config["model"], "seconds": [row["seconds"] for row in run.history],
+    return {"model": run.config.model, "seconds": [row["seconds"] for row in run.history],
             "accuracies": [row["test_accuracy"] for row in run.history], "final": run.metrics["test_accuracy"],
-            "train_images": run.config["data"]["train_images"], "infer_per_s": infer}
+            "train_images": run.config.data.train_images, "infer_per_s": infer}
 
 
 def repeated(times: int, job) -> dict:

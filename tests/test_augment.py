@@ -6,7 +6,11 @@ import torch.nn.functional as F
 
 from cnnlab.data import BatchLoader, Split
 from cnnlab.data.augment import augment, random_crop, random_flip
+from cnnlab.data.preprocess import Preprocess
 from cnnlab.errors import UsageError
+
+
+PLAIN = Preprocess((3, 9, 7))  # only / 255
 
 
 def _batch(n=16, c=3, h=9, w=7):
@@ -51,14 +55,14 @@ def test_augment_none_is_identity_and_seeded():
 def test_unknown_augmentation_is_a_clear_error():
     split = Split(_batch(), torch.zeros(16, dtype=torch.int64))
     with pytest.raises(UsageError, match="unknown augmentation 'rotate'"):
-        BatchLoader(split, 4, [0.0] * 3, [1.0] * 3, augmentation="rotate")
+        BatchLoader(split, 4, PLAIN, augmentation="rotate")
 
 
 @pytest.mark.parametrize("augmentation", ["none", "crop+flip"])
 @pytest.mark.parametrize("n", [37, 36])
 def test_ranks_together_see_the_single_process_batches(n, augmentation):
     split = Split(_batch(n=n), torch.arange(n))
-    kwargs = dict(batch_size=8, mean=[0.0] * 3, std=[1.0] * 3, shuffle=True, seed=5, augmentation=augmentation)
+    kwargs = dict(batch_size=8, preprocess=PLAIN, shuffle=True, seed=5, augmentation=augmentation)
     one = list(BatchLoader(split, **kwargs))
     shards = [list(BatchLoader(split, **kwargs, rank=r, world_size=2)) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == len(one) == -(-n // 8)
@@ -69,24 +73,24 @@ def test_ranks_together_see_the_single_process_batches(n, augmentation):
 
 def test_a_last_batch_too_small_for_every_rank_is_dropped():
     split = Split(_batch(n=33), torch.arange(33))  # 4 batches of 8 and one of 1
-    loader = BatchLoader(split, 8, [0.0] * 3, [1.0] * 3, rank=1, world_size=2)
+    loader = BatchLoader(split, 8, PLAIN, rank=1, world_size=2)
     assert len(loader) == 4 and len(list(loader)) == 4
-    assert len(BatchLoader(split, 8, [0.0] * 3, [1.0] * 3)) == 5
+    assert len(BatchLoader(split, 8, PLAIN)) == 5
 
 
 def test_batch_size_must_split_over_ranks():
     split = Split(_batch(), torch.zeros(16, dtype=torch.int64))
     with pytest.raises(UsageError, match="multiple of 2"):
-        BatchLoader(split, 7, [0.0] * 3, [1.0] * 3, rank=0, world_size=2)
+        BatchLoader(split, 7, PLAIN, rank=0, world_size=2)
 
 
 def test_channels_last_layout():
     split = Split(_batch(), torch.zeros(16, dtype=torch.int64))
-    x, _ = next(iter(BatchLoader(split, 4, [0.0] * 3, [1.0] * 3, channels_last=True)))
+    x, _ = next(iter(BatchLoader(split, 4, Preprocess((3, 9, 7), channels_last=True))))
     assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def test_rank_must_be_one_of_the_processes():
     split = Split(_batch(), torch.zeros(16, dtype=torch.int64))
     with pytest.raises(UsageError, match="rank 2 is not one of the 2 processes"):
-        BatchLoader(split, 8, [0.0] * 3, [1.0] * 3, rank=2, world_size=2)
+        BatchLoader(split, 8, PLAIN, rank=2, world_size=2)

@@ -12,6 +12,7 @@ from PIL import Image
 from cnnlab.data import BatchLoader, Split, channel_stats, load_dataset, train_val_split
 from cnnlab.data.idx import write_idx
 from cnnlab.data.patterns import _offsets
+from cnnlab.data.preprocess import Preprocess
 from cnnlab.data.sources import FASHION_CLASSES, adapt, locate
 from cnnlab.errors import DataError, UsageError
 
@@ -150,7 +151,7 @@ def test_channel_stats_match_numpy():
 
 def test_batch_loader_covers_every_image_once_per_epoch():
     split = Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1), torch.arange(10))
-    loader = BatchLoader(split, 4, mean=[0.0], std=[1 / 255], shuffle=True, seed=0)
+    loader = BatchLoader(split, 4, Preprocess((1, 1, 1), std=[1 / 255]), shuffle=True, seed=0)
     assert len(loader) == 3
     epoch0 = torch.cat([y for _, y in loader])
     assert sorted(epoch0.tolist()) == list(range(10))

@@ -46,7 +46,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     one = cnnlab.train("seed-cnn", "sample", out=tmp_path / "one", device="cpu", verbose=False, **SETTINGS,
                        report=False)
     # 601 images less 60 for validation: 8 batches of 64 and a last one of 29, split 15 / 14 over the ranks.
-    assert one.config["data"]["train_images"] == 541
+    assert one.config.data.train_images == 541
 
     done = torchrun_train("--model", "seed-cnn", "--out", str(tmp_path / "two"), *flags(SETTINGS))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -54,7 +54,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert done.stdout.count("epoch   2/2") == 1
 
     two = cnnlab.open_run(tmp_path / "two")
-    assert two.config["train"]["processes"] == 2
+    assert two.config.processes == 2
     assert done.stdout.count("report: ") == 1 and (two.path / "report.html").stat().st_size > 10_000  # rank 0's
     weights_one, weights_two = load_file(one.path / "model.safetensors"), load_file(two.path / "model.safetensors")
     assert weights_one.keys() == weights_two.keys()
@@ -74,7 +74,7 @@ def test_torchrun_batch_norm_network_with_early_stopping(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("test accuracy") == 1
     run = cnnlab.open_run(tmp_path / "bn")
-    assert run.config["model"] == "fast-cnn-28" and run.config["train"]["processes"] == 2
+    assert run.config.model == "fast-cnn-28" and run.config.processes == 2
     assert 1 <= len(run.history) <= 4 and run.metrics["epochs_run"] == len(run.history)
     # measured 0.54-0.69 over seeds 0-5 in fp32, AVX-512 and AVX2: the mean 0.63 less 4 sd (0.045); fp32 on
     # every machine, since seed 3 in bf16 with AMX stops after epoch 2 at chance (0.10): docs/benchmarks.md
@@ -95,7 +95,7 @@ def test_torchrun_compare(tmp_path):
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     for model in ("seed-mlp", "seed-cnn"):
         run = cnnlab.open_run(tmp_path / "cmp" / model)
-        assert run.config["train"]["processes"] == 2 and run.config["data"]["train_images"] == 360
+        assert run.config.processes == 2 and run.config.data.train_images == 360
         assert f"{run.metrics['test_accuracy']:.2%}" in done.stdout
     assert (tmp_path / "cmp" / "report.html").stat().st_size > 10_000
 

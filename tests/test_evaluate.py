@@ -10,14 +10,15 @@ from PIL import Image
 import cnnlab
 from cnnlab.data import BatchLoader, load_dataset
 from cnnlab.errors import ImageError, RunError, UsageError
-from cnnlab.inspect.evaluate import FlipAverage, collect_logits, judged
+from cnnlab.inspect.evaluate import collect_logits
+from cnnlab.runs.trained import FlipAverage, judged
 
 
 def test_evaluate_matches_metrics_and_own_count(trained_run):
     ev = cnnlab.evaluate(trained_run.path)
     assert ev.accuracy == pytest.approx(trained_run.metrics["test_accuracy"])
     data = load_dataset("sample")
-    logits, labels = collect_logits(trained_run.build_model(), BatchLoader(data.test, 64, trained_run.mean, trained_run.std))
+    logits, labels = collect_logits(trained_run.build_model(), BatchLoader(data.test, 64, trained_run.preprocess))
     predicted = logits.argmax(1)
     assert ev.accuracy == pytest.approx((predicted == labels).float().mean().item())
     for k in range(10):
@@ -48,7 +49,7 @@ def test_predict_png_with_alpha_gives_the_same_answer_as_evaluation(trained_run,
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) == pytest.approx(1)
 
     model = trained_run.build_model()
-    x = (torch.from_numpy(pixels).float() / 255 - trained_run.mean[0]) / trained_run.std[0]
+    x = (torch.from_numpy(pixels).float() / 255 - trained_run.preprocess.mean[0]) / trained_run.preprocess.std[0]
     expected = model(x.view(1, 1, 28, 28)).softmax(1)[0]
     assert pred.top[0][0] == trained_run.classes[int(expected.argmax())]
     assert pred.top[0][1] == pytest.approx(expected.max().item(), abs=1e-5)
@@ -111,8 +112,8 @@ def test_a_tta_run_evaluates_and_predicts_with_flips(tmp_path):
     run = cnnlab.train("seed-cnn", "sample", subset=300, epochs=1, tta=True, out=tmp_path / "r", verbose=False,
                        report=False)
     data = load_dataset("sample")
-    logits, labels = collect_logits(FlipAverage(run.build_model()), BatchLoader(data.test, 500, run.mean, run.std))
-    plain, _ = collect_logits(run.build_model(), BatchLoader(data.test, 500, run.mean, run.std))
+    logits, labels = collect_logits(FlipAverage(run.build_model()), BatchLoader(data.test, 500, run.preprocess))
+    plain, _ = collect_logits(run.build_model(), BatchLoader(data.test, 500, run.preprocess))
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     assert run.metrics["test_accuracy"] == pytest.approx(accuracy)
     assert cnnlab.evaluate(run).accuracy == pytest.approx(accuracy)

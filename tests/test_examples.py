@@ -72,8 +72,8 @@ def test_cnnlab_subset_is_stored_in_the_run(tmp_path, monkeypatch):
 
     monkeypatch.setenv("CNNLAB_SUBSET", "200")
     run = cnnlab.train("largenet", "sample", epochs=1, out=tmp_path / "run", verbose=False, report=False)
-    assert run.config["train"]["subset"] == 200  # so --resume trains on the same images
-    assert run.config["data"]["train_images"] + run.config["data"]["val_images"] == 200
+    assert run.config.train.subset == 200  # so --resume trains on the same images
+    assert run.config.data.train_images + run.config.data.val_images == 200
 
 
 def test_a_checkout_in_a_folder_named_cnnlab_does_not_shadow_the_package(tmp_path):

@@ -18,7 +18,6 @@ from cnnlab.inspect import inside
 from cnnlab.inspect.cam import grad_cam
 from cnnlab.cli.main import main
 from cnnlab.errors import UsageError
-from cnnlab.inspect.evaluate import prepare_images
 from cnnlab.data.images import SAMPLE_IMAGE
 
 
@@ -154,7 +153,8 @@ def test_cam_for_the_predicted_class_matches_predict(trained_run, tmp_path):
     """The class a map explains by default is the one `predict` puts first."""
     image = tmp_path / "cat.png"
     Image.fromarray(np.asarray(Image.open(SAMPLE_IMAGE).convert("L").resize((28, 28)))).save(image)
-    _, x = prepare_images(trained_run, [image])
+    pre = trained_run.preprocess
+    x = pre.normalize(pre.load([image]))  # (1, 1, 28, 28)
     cam = grad_cam(trained_run.build_model(), x, "3")
     (prediction,) = cnnlab.predict(trained_run.path, [image], topk=1)
     assert trained_run.classes[int(cam.classes[0])] == prediction.top[0][0]
@@ -191,12 +191,12 @@ def test_cam_command_says_where_its_maps_are_blank(tmp_path, monkeypatch):
     """Each blank tile says so, and the title names the layer that shows the evidence."""
     torch.manual_seed(4)
     x = torch.randn(2, 1, 8, 8)
-    run = SimpleNamespace(classes=["a", "b"])
-    monkeypatch.setattr(inside, "_run_and_images", lambda *args: (run, blank_at_the_last_maps(), x.sigmoid(), x))
+    trained = SimpleNamespace(classes=["a", "b"], net=blank_at_the_last_maps())
+    monkeypatch.setattr(inside, "_model_and_images", lambda *args: (trained, x.sigmoid(), x))
     drawn = []
     monkeypatch.setattr(inside.viz, "save", lambda fig, out: drawn.append(fig) or Path(out))
-    inside.cam(run, ["p.png", "q.png"], out=tmp_path / "c.png")
-    inside.cam(run, ["p.png", "q.png"], layer="0", out=tmp_path / "c0.png")
+    inside.cam("run", ["p.png", "q.png"], out=tmp_path / "c.png")
+    inside.cam("run", ["p.png", "q.png"], layer="0", out=tmp_path / "c0.png")
     default, at_conv = drawn
     assert default.texts[0].get_text() == ("Grad-CAM at 1 (ReLU, 8x8): where the evidence lies\n"
                                           "no positive evidence here for 2 of 2; --layer 0 finds it for 2")

@@ -25,7 +25,8 @@ from cnnlab.inspect.cam import Cam
 from cnnlab.cli.main import main
 from cnnlab.data import BatchLoader
 from cnnlab.errors import UsageError
-from cnnlab.inspect.evaluate import collect_logits, load_run_data, run_model
+from cnnlab.inspect.evaluate import collect_logits, load_run_data
+from cnnlab.runs.trained import TrainedModel
 from cnnlab.report.page import compare_report, labels, report
 from cnnlab.report.sections import SECTIONS, cam_section, cam_text, findings, most_confident, one_per_class
 from test_inside import blank_at_the_last_maps
@@ -76,8 +77,8 @@ def test_report_numbers_are_the_runs(trained_run, page):
     assert f"<li>{classes[t]} taken for {classes[p]}: {int(off.max()):,} images" in page
     # The first of the top losses is the test image with the highest cross-entropy.
     data = load_run_data(trained_run)
-    logits, labels = collect_logits(run_model(trained_run, torch.device("cpu")),
-                                    BatchLoader(data.test, 500, trained_run.mean, trained_run.std))
+    logits, labels = collect_logits(TrainedModel.from_run(trained_run).judged,
+                                    BatchLoader(data.test, 500, trained_run.preprocess))
     worst = int(F.cross_entropy(logits, labels, reduction="none").argmax())
     first = re.search(r'<div class="gallery">\s*<figure><img [^>]*><figcaption>#(\d+): true ([^,]+),', page)
     assert int(first[1]) == worst and first[2] == classes[int(labels[worst])]

@@ -18,7 +18,7 @@ from cnnlab.data import BatchLoader, load_dataset, train_val_split
 from cnnlab.errors import Interrupted, RunError, TrainingError, UsageError
 from cnnlab.inspect.evaluate import loss_and_accuracy
 from cnnlab.runs.folder import HISTORY_FIELDS
-from cnnlab.settings import lr_factor
+from cnnlab.settings import Settings, lr_factor
 
 train_module = importlib.import_module("cnnlab.training.loop")
 
@@ -63,7 +63,7 @@ def test_a_spec_trains_evaluates_and_predicts(tmp_path, capsys):
     banner = capsys.readouterr().out
     params = 8 * 3 * 3 * 3 + 8 + 16 + 8 * 14 * 14 * 2 + 2  # patterns are 3x28x28
     assert "conv1" in banner and f"Parameters: {params:,}" in banner  # the summary opens the training output
-    assert run.config["model"] == spec and run.config["parameters"] == params
+    assert run.config.model == spec and run.config.parameters == params
     assert cnnlab.evaluate(run).count == len(load_dataset("patterns").test)
     with pytest.raises(cnnlab.ModelError, match=r"2 classes; end it with a linear layer of 2 outputs"):
         cnnlab.train("flatten linear(10)", "patterns", out=tmp_path / "bad", report=False)
@@ -74,7 +74,7 @@ def test_a_spec_file_is_stored_as_text(tmp_path):
     path.write_text('layers = "flatten linear(2)"\n')
     run = cnnlab.train(str(path), "patterns", subset=100, epochs=1, out=tmp_path / "run", verbose=False, report=False)
     path.unlink()  # the run no longer needs the file
-    assert run.config["model"] == "flatten linear(2)" and cnnlab.open_run(run.path).build_model() is not None
+    assert run.config.model == "flatten linear(2)" and cnnlab.open_run(run.path).build_model() is not None
 
 
 @pytest.mark.dispatch
@@ -89,7 +89,7 @@ def test_best_weights_are_kept(tmp_path):
     # best epoch measured 1-9 of 12 over seeds 0-5, the same at AVX-512 and AVX2
     assert best + 1 < len(losses), "the run should overfit, so the best epoch is not the last"
     fit, val = train_val_split(data.train.take(slice(0, 300)), 0.1, seed=0)
-    loss, _ = loss_and_accuracy(run.build_model(), BatchLoader(val, 100, run.mean, run.std))
+    loss, _ = loss_and_accuracy(run.build_model(), BatchLoader(val, 100, run.preprocess))
     assert loss == pytest.approx(losses[best], rel=1e-5)
 
 
@@ -157,7 +157,7 @@ def test_resume_to_more_epochs_lays_the_schedule_over_them(tmp_path, monkeypatch
     kwargs = dict(subset=400, optimizer="sgd", lr=0.05, schedule="onecycle", warmup=0.25, verbose=False)
     short = cnnlab.train("seed-cnn", "sample", epochs=2, out=tmp_path / "r", **kwargs, report=False)
     steps = 12  # 360 training images in batches of 32
-    short_settings = train_module.settings_of(short.config)
+    short_settings = short.config.train
     assert short.history[-1]["lr"] == pytest.approx(0.05 * lr_factor(2 * steps - 1, 2 * steps, short_settings))
 
     rates = []
@@ -170,7 +170,7 @@ def test_resume_to_more_epochs_lays_the_schedule_over_them(tmp_path, monkeypatch
 
     monkeypatch.setattr(train_module, "make_optimizer", recording_optimizer)
     resumed = cnnlab.resume(tmp_path / "r", epochs=4, verbose=False)
-    s = train_module.settings_of(resumed.config)
+    s = resumed.config.train
     assert len(rates) == 2 * steps
     expected = [0.05 * lr_factor(step, 4 * steps, s) for step in range(2 * steps, 4 * steps)]
     assert rates == pytest.approx(expected, rel=1e-6, abs=1e-12)
@@ -181,20 +181,20 @@ def test_resume_to_more_epochs_lays_the_schedule_over_them(tmp_path, monkeypatch
 def test_fast_recipe_with_another_optimizer(tmp_path):
     run = cnnlab.train(None, "sample", recipe="fast", optimizer="adam", lr=1e-3, subset=300, epochs=1,
                        out=tmp_path / "r", verbose=False, report=False)
-    assert (run.config["train"]["optimizer"], run.config["train"]["nesterov"]) == ("adam", False)
-    assert run.config["train"]["schedule"] == "onecycle"  # the rest of the recipe stays
+    assert (run.config.train.optimizer, run.config.train.nesterov) == ("adam", False)
+    assert run.config.train.schedule == "onecycle"  # the rest of the recipe stays
 
 
 @pytest.mark.dispatch
 def test_fast_path_learns_and_records_its_settings(tmp_path):
     run = cnnlab.train(None, "sample", recipe="fast", subset=2000, epochs=3, batch_size=64, out=tmp_path / "r",
                        verbose=False, report=False)
-    assert run.config["model"] == "fast-cnn-28"
-    train_settings = run.config["train"]
+    assert run.config.model == "fast-cnn-28"
+    train_settings = run.config.train
     chosen = machine.choose_precision("auto", torch.device("cpu"))  # bf16 only where the CPU has it natively
-    assert (train_settings["recipe"], train_settings["schedule"], train_settings["precision"]) == (
+    assert (train_settings.recipe, train_settings.schedule, train_settings.precision) == (
         "fast", "onecycle", chosen.precision)
-    assert run.config["precision"]["asked"] == "auto" and run.config["precision"]["why"]
+    assert run.config.precision.asked == "auto" and run.config.precision.why
     assert 0 < run.history[-1]["lr"] < 0.2 / 50  # the one-cycle schedule's last step (1,800 images, 87 steps)
     # measured 0.79-0.83 over seeds 0-5, fp32 and bf16, AVX-512 and AVX2; the worst less 3 sigma of 2,000
     # images (0.03) and the mean less 4 sd (0.81 - 0.05) are both 0.76
@@ -227,7 +227,7 @@ def test_bad_settings(tmp_path, kwargs, message):
 def test_sgd_and_no_normalization(tmp_path):
     run = cnnlab.train("seed-mlp", "sample", subset=1000, epochs=1, optimizer="sgd", lr=0.05, normalize=False,
                        out=tmp_path / "r", verbose=False, report=False)
-    assert run.mean == [0.0] and run.std == [1.0]
+    assert run.preprocess.mean == (0.0,) and run.preprocess.std == (1.0,)
     # measured 0.585-0.69 over seeds 0-5, the same at AVX-512 and AVX2; the mean 0.63 less 4 sd (0.036); chance 0.10
     assert run.metrics["test_accuracy"] > 0.48
 
@@ -235,7 +235,7 @@ def test_sgd_and_no_normalization(tmp_path):
 def test_without_validation_the_last_epoch_is_kept(tmp_path):
     run = cnnlab.train("seed-mlp", "sample", subset=500, epochs=3, val_fraction=0.0, out=tmp_path / "r", verbose=False,
                        report=False)
-    assert run.config["data"]["val_images"] == 0
+    assert run.config.data.val_images == 0
     assert run.metrics["best_epoch"] == 3
     assert all(math.isnan(row["val_loss"]) for row in run.history)
 
@@ -279,7 +279,7 @@ def test_evaluate_refuses_changed_classes_and_follows_a_moved_folder(cifar_jpegs
 def test_bf16_is_refused_on_a_gpu_without_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **kw: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **kw: "Tesla T4")
-    s = train_module.settings_of({"train": {"precision": "bf16"}})
+    s = Settings(precision="bf16")
     with pytest.raises(UsageError, match="Tesla T4 has no bfloat16 arithmetic; leave out --precision bf16"):
         train_module._check_precision(s, torch.device("cuda", 0))
     train_module._check_precision(s, torch.device("cpu"))  # autocast on a CPU works everywhere, if slower

@@ -29,6 +29,7 @@ _LAZY = {
     "export": "export",
     "get_model": "models",
     "list_models": "models",
+    "load": "runs.trained",
     "load_dataset": "data",
     "open_run": "runs.folder",
     "predict": "inspect.evaluate",
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from cnnlab.inspect.evaluate import evaluate, predict
     from cnnlab.export import export
     from cnnlab.models import get_model, list_models, register_model
+    from cnnlab.runs.trained import load
     from cnnlab.runs.folder import open_run
     from cnnlab.models.spec import build
     from cnnlab.inspect.summary import summary
@@ -66,6 +68,7 @@ __all__ = [
     "export",
     "get_model",
     "list_models",
+    "load",
     "load_dataset",
     "open_run",
     "predict",

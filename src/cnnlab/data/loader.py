@@ -13,7 +13,7 @@ one process would: the sharding that DistributedSampler does, at the level of ba
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 
@@ -21,22 +21,21 @@ from cnnlab.errors import UsageError
 from cnnlab.settings import check_augment
 from cnnlab.data.augment import augment
 from cnnlab.data.dataset import Split
+from cnnlab.data.preprocess import Preprocess
 
 
 class BatchLoader:
-    """Iterate over (images, labels) batches of a Split, normalized as float32 on `device`."""
+    """Iterate over (images, labels) batches of a Split, turned into model inputs by `preprocess` on `device`."""
 
     def __init__(
         self,
         split: Split,
         batch_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
+        preprocess: Preprocess,
         shuffle: bool = False,
         seed: int = 0,
         device: str | torch.device = "cpu",
         augmentation: str = "none",
-        channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
@@ -54,11 +53,9 @@ class BatchLoader:
         self.seed = seed
         self.epoch, self.start_step = 0, 0
         self.augmentation = augmentation
-        self.channels_last = channels_last
+        self.preprocess = preprocess
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.split), self.batch_size)
@@ -69,11 +66,6 @@ class BatchLoader:
         """Choose the shuffled order of this epoch (as DistributedSampler.set_epoch does), and the
         step to start from (a run resumed within an epoch)."""
         self.epoch, self.start_step = epoch, start_step
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, C, H, W) -> float32 (N, C, H, W), (x / 255 - mean) / std."""
-        x = (x.to(self.device, non_blocking=True).float().div_(255.0) - self.mean).div_(self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
@@ -92,7 +84,7 @@ class BatchLoader:
                 x = augment(x, self.augmentation, generator)
             if self.world_size > 1:
                 x, y = x.tensor_split(self.world_size)[self.rank], y.tensor_split(self.world_size)[self.rank]
-            yield self.normalize(x), y.to(self.device, non_blocking=True)
+            yield self.preprocess.from_uint8(x, self.device), y.to(self.device, non_blocking=True)
 
 
 def _mix(seed: int, *parts: int) -> int:

@@ -18,8 +18,8 @@ from torch import nn
 from cnnlab.views import viz
 from cnnlab.inspect.cam import Cam, grad_cam
 from cnnlab.errors import UsageError
-from cnnlab.inspect.evaluate import prepare_images
-from cnnlab.runs.folder import Run, open_run
+from cnnlab.runs.folder import Run
+from cnnlab.runs.trained import TrainedModel, load
 
 REPORT_CHANNELS = 32  # feature maps shown per layer in a report; the command shows 64 by default
 
@@ -179,11 +179,13 @@ def cam_figure(model: nn.Module, cam: Cam, shown: torch.Tensor, classes: list[st
     return viz.cam_grid(shown, cam.maps, captions, title + (f"\n{note}" if note else ""), blank)
 
 
-def _run_and_images(run: str | Path | Run, paths: list[str | Path], invert: bool
-                    ) -> tuple[Run, nn.Module, torch.Tensor, torch.Tensor]:
-    run = run if isinstance(run, Run) else open_run(run)
-    shown, x = prepare_images(run, paths, invert)
-    return run, run.build_model(), shown, x
+def _model_and_images(run: str | Path | Run, paths: list[str | Path], invert: bool
+                      ) -> tuple[TrainedModel, torch.Tensor, torch.Tensor]:
+    """The run's trained model on the CPU (hooks and gradients for the pictures), image files as shown
+    (N, C, H, W in [0, 1]) and as the network takes them."""
+    model = load(run, device="cpu")
+    shown = model.preprocess.load(paths, invert)
+    return model, shown, model.preprocess.normalize(shown)
 
 
 def featuremaps(run: str | Path | Run, image: str | Path, layer: str | None = None, out: str | Path = "featuremaps",
@@ -191,7 +193,8 @@ def featuremaps(run: str | Path | Run, image: str | Path, layer: str | None = No
     """Write the feature maps of `image` at `layer` (default: every convolution) as PNG files in `out`."""
     if max_channels < 1:
         raise UsageError(f"--channels {max_channels}: show at least 1 channel per layer")
-    run, model, _, x = _run_and_images(run, [image], invert)
+    trained, _, x = _model_and_images(run, [image], invert)
+    model = trained.net
     layers = [layer] if layer is not None else conv_layers(model)
     if not layers:
         raise UsageError("the model has no convolution layers; name a layer with --layer (see `cnnlab summary`)")
@@ -210,30 +213,31 @@ def featuremaps(run: str | Path | Run, image: str | Path, layer: str | None = No
 
 def filters(run: str | Path | Run, layer: str | None = None, out: str | Path = "filters.png") -> Path:
     """Write the learned filters of `layer` (default: the first convolution) as a PNG file."""
-    run = run if isinstance(run, Run) else open_run(run)
-    found = layer_weights(run.build_model(), run.input_shape, layer)
+    shape = (model := load(run, device="cpu")).preprocess.input_shape
+    found = layer_weights(model.net, shape, layer)
     if found is None:
         raise UsageError("the model has no convolution layer, nor a first linear layer on the whole image, "
                          "to show; name a layer with --layer")
-    return viz.save(filter_figure(*found, run.input_shape), out)
+    return viz.save(filter_figure(*found, shape), out)
 
 
 def cam(run: str | Path | Run, images: list[str | Path], layer: str | None = None, target: str | None = None,
         out: str | Path = "cam.png", invert: bool = False) -> Path:
     """Write Grad-CAM heat maps of image files (default: at the last feature maps, for the predicted class)."""
-    run, model, shown, x = _run_and_images(run, images, invert)
+    trained, shown, x = _model_and_images(run, images, invert)
+    model, classes = trained.net, trained.classes
     if layer is not None:
         find_layer(model, layer)
     index = None
     if target is not None:
-        if target not in run.classes:
-            raise UsageError(f"unknown class {target!r}; the run's classes are {', '.join(run.classes)}")
-        index = run.classes.index(target)
+        if target not in classes:
+            raise UsageError(f"unknown class {target!r}; the run's classes are {', '.join(classes)}")
+        index = classes.index(target)
     names = [Path(p).name for p in images]
     if layer is not None:
-        return viz.save(cam_figure(model, grad_cam(model, x, layer, index), shown, run.classes, names=names), out)
+        return viz.save(cam_figure(model, grad_cam(model, x, layer, index), shown, classes, names=names), out)
     # The command keeps to the last feature maps, as documented; where they are blank, it names a layer that is not.
     last, better = evident_cam(model, x, index)
     note = "" if better is last else (f"no positive evidence here for {int(last.empty.sum())} of {len(x)}; "
                                       f"--layer {better.layer} finds it for {int((~better.empty).sum())}")
-    return viz.save(cam_figure(model, last, shown, run.classes, names=names, note=note), out)
+    return viz.save(cam_figure(model, last, shown, classes, names=names, note=note), out)

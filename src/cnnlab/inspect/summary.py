@@ -24,7 +24,7 @@ from cnnlab.teach.arithmetic import LayerMath, Shape, as_pair, layer_math, recep
 from cnnlab.errors import ArchitectureError, ModelError, UsageError
 from cnnlab.models import load_model, model_info, short_name
 from cnnlab.models.refs import kind_of
-from cnnlab.models.shapes import first_shape, small_enough, untouched
+from cnnlab.models.shapes import evaluating, first_shape, small_enough, untouched
 from cnnlab.models.spec import load, parse_shape
 from cnnlab.views.formatting import summary_table
 
@@ -217,9 +217,7 @@ def summarize(model: nn.Module, input_shape: Shape, batch_size: int = 1, name: s
     without gradients, and its parameters, buffers and the random state are restored after.
     """
     input_shape = tuple(input_shape)
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()  # batch norm on one sample only works in eval mode
+    with evaluating(model):  # batch norm on one sample only works in eval mode
         try:
             if small_enough(model, input_shape, batch_size):
                 rows, output = _trace(model, input_shape, batch_size, meta=False)
@@ -229,9 +227,6 @@ def summarize(model: nn.Module, input_shape: Shape, batch_size: int = 1, name: s
             raise
         except Exception:  # noqa: BLE001  (retried for real; a real failure is reported from there)
             rows, output = _trace(model, input_shape, batch_size, meta=False)
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
     notes = _shared_notes(model)
     params = list({id(p): p for p in model.parameters()}.values())

@@ -49,6 +49,17 @@ def untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
             model.load_state_dict(saved)
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode for the block, then every module back in the mode it was in (also on error)."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield model.eval()
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
 def first_shape(value: Any) -> Shape | None:
     """The shape of one sample (no batch dimension) of the first tensor in `value`."""
     tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
@@ -97,24 +108,21 @@ def output_shape(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, .
                     raise ModelError(f"the model cannot take {shape_text(input_shape)} inputs: the forward pass "
                                      f"failed{where}: {exc}") from exc
 
-    modes = {m: m.training for m in model.modules()}
     handles = []
     for module in dict.fromkeys(m for _, m in model.named_modules(remove_duplicate=False)):
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
     try:
-        model.eval()  # batch norm on one sample only works in eval mode
-        if small_enough(model, input_shape):
-            output = run(meta=False)
-        else:
-            try:
-                output = run(meta=True)
-            except (ArchitectureError, ModelError):
-                raise
-            except Exception:  # noqa: BLE001  (a model the meta device cannot run, e.g. one reading values)
+        with evaluating(model):  # batch norm on one sample only works in eval mode
+            if small_enough(model, input_shape):
                 output = run(meta=False)
+            else:
+                try:
+                    output = run(meta=True)
+                except (ArchitectureError, ModelError):
+                    raise
+                except Exception:  # noqa: BLE001  (a model the meta device cannot run, e.g. one reading values)
+                    output = run(meta=False)
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     return first_shape(output) or ()

@@ -31,10 +31,10 @@ def page(template: str, title: str, intro: str, contents: list[tuple[str, str]],
 
 
 def _intro(run: Run) -> str:
-    d = run.config["data"]
-    return (f"{run.config['model']} on {d['dataset']} ({'x'.join(map(str, d['input_shape']))}, "
-            f"{len(d['classes'])} classes, {d['train_images']:,} training / {d['val_images']:,} validation / "
-            f"{d['test_images']:,} test images), {run.config['parameters']:,} parameters; run folder {run.path}")
+    d = run.config.data
+    return (f"{run.config.model} on {d.dataset} ({'x'.join(map(str, d.input_shape))}, "
+            f"{len(d.classes)} classes, {d.train_images:,} training / {d.val_images:,} validation / "
+            f"{d.test_images:,} test images), {run.config.parameters:,} parameters; run folder {run.path}")
 
 
 # Sections a comparison shows one run above the other rather than side by side: the model summaries are wide
@@ -50,7 +50,7 @@ def render(f: Findings) -> Rendered:
 
 def run_page(f: Findings, rendered: Rendered) -> str:
     """One run's report: its sections one after the other."""
-    return page("run.html.j2", f"{f.name} on {f.run.config['data']['dataset']}", _intro(f.run),
+    return page("run.html.j2", f"{f.name} on {f.run.config.data.dataset}", _intro(f.run),
                 [(key, heading) for key, heading, _ in rendered], sections=rendered)
 
 
@@ -65,7 +65,7 @@ def labels(all_findings: list[Findings]) -> list[str]:
 def comparison_page(all_findings: list[Findings], rendered: list[Rendered]) -> str:
     """The runs side by side: an overview, then each section with a column per run."""
     names = labels(all_findings)
-    runs = [(name, f"{f.run.config['parameters']:,}", f"{sum(r['seconds'] for r in f.run.history):.1f} s",
+    runs = [(name, f"{f.run.config.parameters:,}", f"{sum(r['seconds'] for r in f.run.history):.1f} s",
              percent(f.evaluation.accuracy), f.run.path) for name, f in zip(names, all_findings)]
     curves = figure(viz.curves({name: f.run.history for name, f in zip(names, all_findings)}), "training curves")
     sections = [(key, heading, [(name, each[n][2]) for name, each in zip(names, rendered)])

@@ -22,14 +22,16 @@ from PIL import Image
 from cnnlab.inspect import inside
 from cnnlab.views import viz
 from cnnlab.inspect.cam import Cam
-from cnnlab.data import BatchLoader, ImageData
+from cnnlab.data import ImageData
+from cnnlab.data.preprocess import Preprocess
 from cnnlab.data.augment import augment
-from cnnlab.inspect.evaluate import EVAL_BATCH, Evaluation, collect_logits, evaluation_of, resolve_device, run_model
+from cnnlab.inspect.evaluate import Evaluation, collect_logits, evaluation_of
 from cnnlab.errors import UsageError
-from cnnlab.views.formatting import percent
+from cnnlab.views.formatting import loss, percent
 from cnnlab.errors import printable
 from cnnlab.models import short_name
 from cnnlab.runs.folder import Run
+from cnnlab.runs.trained import TrainedModel, resolve_device
 
 TOP_LOSSES = 16
 FEATURE_IMAGES = 3
@@ -45,23 +47,23 @@ class Findings:
     evaluation: Evaluation
     probabilities: torch.Tensor  # (N, classes) on the test split, as the run is judged (TTA included)
     losses: torch.Tensor  # (N,) cross-entropy of each test image
-    model: torch.nn.Module  # the plain network with the best weights, for feature maps, filters, CAM
+    model: torch.nn.Module  # the plain network with the best weights on the CPU, for feature maps, filters, CAM
+    preprocess: Preprocess  # how the run turns images into the network's input
 
     @property
     def name(self) -> str:
-        return short_name(self.run.config["model"])
+        return short_name(self.run.config.model)
 
 
 def findings(run: Run, data: ImageData, device: str = "auto") -> Findings:
     """Evaluate a run's best weights on the test split of its dataset `data`."""
-    target = resolve_device(device)
-    loader = BatchLoader(data.test, EVAL_BATCH, run.mean, run.std, device=target,
-                         channels_last=run.config["train"].get("channels_last", False))
     model = run.build_model()  # building checks the model with a traced pass: once is enough
-    logits, labels = collect_logits(run_model(run, target, copy.deepcopy(model)), loader)  # (N, classes), (N,)
+    tested = TrainedModel.from_run(run, resolve_device(device), copy.deepcopy(model))
+    logits, labels = collect_logits(tested.judged, tested.loader(data.test))  # (N, classes), (N,)
     return Findings(
         run=run, data=data, evaluation=evaluation_of(logits, labels, run.classes),
         probabilities=logits.softmax(1), losses=F.cross_entropy(logits, labels, reduction="none"), model=model,
+        preprocess=run.preprocess,
     )
 
 
@@ -131,11 +133,6 @@ def captioned(images: torch.Tensor, captions: list[str]) -> list[tuple[Png, str]
     return [(picture(image, caption), caption) for image, caption in zip(images, captions)]
 
 
-def loss(value: float | None) -> str:
-    """A loss for a table: 4 decimals, or "-" where there is none."""
-    return "-" if value is None or math.isnan(value) else f"{value:.4f}"
-
-
 # --- the sections -----------------------------------------------------------------------------------
 
 def model_section(f: Findings) -> Markup:
@@ -146,15 +143,15 @@ def model_section(f: Findings) -> Markup:
 
 
 def training_section(f: Findings) -> Markup:
-    history, t = f.run.history, f.run.config["train"]
-    if f.run.config["data"]["val_images"] == 0:
+    history, t = f.run.history, f.run.config.train
+    if f.run.config.data.val_images == 0:
         best = "no validation split, so the last epoch is kept"
     else:
         scored = [r for r in history if not math.isnan(r.get("val_loss", math.nan))]
         epoch = (f.run.metrics or {}).get("best_epoch") or (min(scored, key=lambda r: r["val_loss"])["epoch"]
                                                              if scored else "-")
         best = f"best epoch {epoch} (lowest validation loss)"
-    settings = (f"{t['optimizer']} lr {t['lr']:g}, batch {t['batch_size']}, {t['epochs']} epochs planned, "
+    settings = (f"{t.optimizer} lr {t.lr:g}, batch {t.batch_size}, {t.epochs} epochs planned, "
                 f"{len(history)} run; {best}; {sum(r['seconds'] for r in history):.1f} s of training")
     epochs = [(r["epoch"], loss(r.get("train_loss")), percent(r.get("train_accuracy")), loss(r.get("val_loss")),
                percent(r.get("val_accuracy")), f"{r['seconds']:.1f}") for r in history]
@@ -198,11 +195,11 @@ def augmentation_section(f: Findings) -> Markup:
     train = f.data.train
     chosen = one_per_class(train.y, 10)
     x = train.x[chosen]  # (n, C, H, W) uint8
-    mode = f.run.config["train"].get("augment", "none")
+    mode = f.run.config.train.augment
     note = f"as this run trained (--augment {mode})"
     if mode == "none":
         mode, note = "crop+flip", "this run trained without augmentation; shown: what --augment crop+flip would do"
-    generator = torch.Generator().manual_seed(f.run.config["train"].get("seed", 0))
+    generator = torch.Generator().manual_seed(f.run.config.train.seed)
     batches = [("training images", x)] + [(f"augmented, draw {d}", augment(x, mode, generator)) for d in (1, 2)]
     names = [f.run.classes[int(c)] for c in train.y[chosen]]
     rows = [(label, captioned(batch, names)) for label, batch in batches]
@@ -228,7 +225,7 @@ def most_confident(labels: torch.Tensor, probabilities: torch.Tensor, count: int
 
 def _test_images(f: Findings, chosen: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     raw = f.data.test.x[chosen]  # (n, C, H, W) uint8
-    x = BatchLoader(f.data.test, 1, f.run.mean, f.run.std).normalize(raw)
+    x = f.preprocess.from_uint8(raw)  # (n, C, H, W), as the network takes them
     return raw, x
 
 

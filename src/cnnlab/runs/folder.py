@@ -22,7 +22,7 @@ import math
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,11 @@ import torch
 from safetensors.torch import load as parse_safetensors, save_model
 from torch import nn
 
-from cnnlab.errors import RunError, UsageError
-from cnnlab.data.images import MAX_PIXELS
+from cnnlab.data.preprocess import Preprocess
+from cnnlab.errors import RunError
 from cnnlab.models import load_model
-from cnnlab.settings import Settings
+from cnnlab.runs.config import NUMBER, NoneType, RunConfig, check_fields, is_a, read_json
 
-FORMAT_VERSION = 1
 HISTORY_FIELDS = [
     "epoch", "seconds", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "test_accuracy",
 ]
@@ -143,15 +142,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise RunError(f"{path} holds a {type(state).__name__}, not the state cnnlab saves; {again}")
     for key, types in CHECKPOINT_FIELDS.items():
-        if key not in state and key != "scheduler" or key in state and not _is(state[key], types):
+        if key not in state and key != "scheduler" or key in state and not is_a(state[key], types):
             raise RunError(f"{path} lacks a valid {key!r} (found {type(state.get(key)).__name__}); {again}")
     if not all(isinstance(v, torch.Tensor) for v in state["model"].values()) or min(
             state["epoch"], state["best_epoch"], state["bad_epochs"]) < 0:
         raise RunError(f"{path} holds impossible weights or epoch counts; {again}")
     if "step" in state and not (  # a checkpoint within an epoch: where in it, and the epoch's sums so far
-        _is(state["step"], (int,)) and state["step"] >= 1 and isinstance(state.get("totals"), torch.Tensor)
+        is_a(state["step"], (int,)) and state["step"] >= 1 and isinstance(state.get("totals"), torch.Tensor)
         and state["totals"].shape == (3,) and state["totals"].is_floating_point()
-        and _is(state.get("epoch_seconds"), (float, int)) and math.isfinite(state["epoch_seconds"])
+        and is_a(state.get("epoch_seconds"), (float, int)) and math.isfinite(state["epoch_seconds"])
     ):
         raise RunError(f"{path} holds an impossible position within an epoch (step, totals, epoch_seconds); {again}")
     if state["rng"].dtype != torch.uint8:
@@ -159,49 +158,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise RunError(f"{path} is missing") from exc
-    except OSError as exc:  # a folder of that name, no permission
-        raise RunError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested too deep to parse
-        raise RunError(f"{path} is not valid JSON ({str(exc)[:200]}); the run folder is damaged") from exc
-    if not isinstance(value, dict):
-        raise RunError(f"{path} does not hold a JSON object; the run folder is damaged")
-    return value
-
-
 @dataclass
 class Run:
     """A run folder read back: its config, history and metrics, and its model on demand."""
 
     path: Path
-    config: dict[str, Any]
+    config: RunConfig
     history: list[dict[str, float]]
     metrics: dict[str, Any] | None
     trust_code: bool = False  # may build a `package.module:attr` model named in config.json (open_run)
 
     @property
     def classes(self) -> list[str]:
-        return self.config["data"]["classes"]
+        return self.config.data.classes
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.config["data"]["input_shape"])  # type: ignore[return-value]
+        return self.config.data.input_shape
 
     @property
-    def mean(self) -> list[float]:
-        return self.config["data"]["mean"]
-
-    @property
-    def std(self) -> list[float]:
-        return self.config["data"]["std"]
+    def preprocess(self) -> Preprocess:
+        return self.config.preprocess
 
     def build_model(self, weights: bool = True) -> nn.Module:
         """The run's model in eval mode, with its best weights unless `weights` is False."""
-        model = load_model(self.config["model"], self.input_shape, len(self.classes), trust_code=self.trust_code,
+        model = load_model(self.config.model, self.input_shape, len(self.classes), trust_code=self.trust_code,
                            source=self.path / "config.json")
         if weights:
             path = self.path / "model.safetensors"
@@ -210,7 +191,7 @@ class Run:
             try:
                 load_safetensors(model, path)
             except Exception as exc:  # safetensors raises several types for damaged files
-                raise RunError(f"{path} does not fit model {self.config['model']!r} ({exc})") from exc
+                raise RunError(f"{path} does not fit model {self.config.model!r} ({exc})") from exc
         return model.eval()
 
 
@@ -245,38 +226,14 @@ def open_run(path: str | Path, trust_code: bool = False) -> Run:
     if not path.is_dir():
         what = "it is a file" if path.exists() else "it does not exist"
         raise RunError(f"{path} is not a run folder ({what}); `cnnlab train --out DIR` makes one")
-    config = _read_json(path / "config.json")
-    if config.get("format") != FORMAT_VERSION:
-        raise RunError(f"{path} was written by an incompatible cnnlab (run format {config.get('format')!r})")
-    check_config(config, path / "config.json")
+    config = RunConfig.read(path / "config.json")
     metrics_path = path / "metrics.json"
-    metrics = _read_json(metrics_path) if metrics_path.exists() else None
+    metrics = read_json(metrics_path) if metrics_path.exists() else None
     if metrics is not None:
-        _check_fields(metrics_path, "", metrics, METRICS_FIELDS, optional=set(METRICS_FIELDS))
+        check_fields(metrics_path, "", metrics, METRICS_FIELDS, optional=set(METRICS_FIELDS))
     return Run(path, config, read_history(path / "history.csv"), metrics, trust_code)
 
 
-# ------------------------------------------------------------------- what config.json must hold
-# The fields cnnlab reads and the JSON types each must have; a later version may make this a dataclass.
-
-NoneType = type(None)
-NUMBER = (int, float)
-CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
-    "format": (int,), "model": (str,), "parameters": (int,), "data": (dict,), "train": (dict,),
-}
-DATA_FIELDS: dict[str, tuple[type, ...]] = {
-    "dataset": (str,), "classes": (list,), "input_shape": (list,), "mean": (list,), "std": (list,),
-    "train_images": (int,), "val_images": (int,), "test_images": (int,),
-    "source": (str,), "data_dir": (str, NoneType), "image_size": (int, list, NoneType), "channels": (int, NoneType),
-    "skip_bad_images": (bool,),
-}
-DATA_OPTIONAL = {"source", "data_dir", "image_size", "channels", "skip_bad_images"}  # older runs lack them
-# "train" holds the Settings (types from their annotations, all optional: an older run gets the default) and:
-TRAIN_EXTRA: dict[str, tuple[type, ...]] = {"device": (str,), "processes": (int,)}
-_ANNOTATIONS: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": NUMBER, "str": (str,), "bool": (bool,), "int | None": (int, NoneType),
-    "float | None": (*NUMBER, NoneType), "str | None": (str, NoneType),
-}
 # metrics.json: every field optional (compare and the report use what is there); NaN is written as null.
 METRICS_FIELDS: dict[str, tuple[type, ...]] = {
     "test_accuracy": (*NUMBER, NoneType), "best_epoch": (int, NoneType), "epochs_run": (int,),
@@ -284,80 +241,3 @@ METRICS_FIELDS: dict[str, tuple[type, ...]] = {
     "per_class_accuracy": (list,), "confusion": (list,), "count": (int,), "loss": (*NUMBER, NoneType),
     "accuracy": (*NUMBER, NoneType), "split": (str,),
 }
-_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text", list: "a list",
-          dict: "an object", NoneType: "null"}
-
-
-def _is(value: Any, types: tuple[type, ...]) -> bool:
-    """isinstance, except that true and false are not numbers (JSON keeps them apart, Python does not)."""
-    return bool in types if isinstance(value, bool) else isinstance(value, types)
-
-
-def _found(value: Any) -> str:
-    text = json.dumps(value)
-    if value is None or isinstance(value, bool):
-        return text
-    kind = next(word for t, word in _WORDS.items() if _is(value, (t,)))
-    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
-
-
-def _expected(types: tuple[type, ...]) -> str:
-    return " or ".join(_WORDS[t] for t in types if not (t is int and float in types))  # a number covers both
-
-
-def _damaged(path: Path, field: str, value: Any, expected: str) -> RunError:
-    return RunError(f"{path}: the field {field!r} holds {_found(value)}, but cnnlab expects {expected}. The file "
-                    "was edited or damaged: put back the value cnnlab wrote, or train the run again")
-
-
-def _check_fields(path: Path, prefix: str, obj: dict[str, Any], table: dict[str, tuple[type, ...]],
-                  optional: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    for key, types in table.items():
-        if key not in obj:
-            if key not in optional:
-                raise RunError(f"{path} lacks the field {prefix + key!r}; the run folder is damaged or was written "
-                               "by another program: train the run again")
-        elif not _is(obj[key], types):
-            raise _damaged(path, prefix + key, obj[key], _expected(types))
-
-
-def check_config(config: dict[str, Any], path: Path) -> None:
-    """Refuse a config.json whose fields have the wrong JSON type or an impossible value, naming the field."""
-    _check_fields(path, "", config, CONFIG_FIELDS)
-    if config["parameters"] < 0:
-        raise _damaged(path, "parameters", config["parameters"], "a count of 0 or more")
-    data = config["data"]
-    _check_fields(path, "data.", data, DATA_FIELDS, DATA_OPTIONAL)
-    classes, shape = data["classes"], data["input_shape"]
-    if len(classes) < 2 or not all(_is(c, (str,)) and c for c in classes) or len(set(classes)) < len(classes):
-        raise _damaged(path, "data.classes", classes, "a list of 2 or more different class names")
-    if len(shape) != 3 or not all(_is(v, (int,)) and v >= 1 for v in shape) or shape[1] * shape[2] > MAX_PIXELS:
-        raise _damaged(path, "data.input_shape", shape,
-                       f"[channels, height, width], each 1 or more and at most {MAX_PIXELS:,} pixels")
-    for key in ("mean", "std"):
-        values = data[key]
-        if len(values) != shape[0] or not all(_is(v, NUMBER) and math.isfinite(v) for v in values) \
-                or (key == "std" and min(values) <= 0):
-            sign = "positive" if key == "std" else "finite"
-            raise _damaged(path, f"data.{key}", values, f"{shape[0]} {sign} number(s), one per input channel")
-    for key in ("train_images", "val_images", "test_images"):
-        if data[key] < 0:
-            raise _damaged(path, f"data.{key}", data[key], "a count of 0 or more")
-    _check_train(config["train"], path)
-
-
-def _check_train(train: dict[str, Any], path: Path) -> None:
-    types = {f.name: _ANNOTATIONS[str(f.type)] for f in fields(Settings)} | TRAIN_EXTRA
-    for key, value in train.items():
-        if key not in types:
-            raise RunError(f"{path}: 'train.{key}' is no setting this cnnlab knows (written by a newer version, or "
-                           "edited?); remove the field, or use the cnnlab that trained the run")
-        if not _is(value, types[key]):
-            raise _damaged(path, f"train.{key}", value, _expected(types[key]))
-    if train.get("processes", 1) < 1:
-        raise _damaged(path, "train.processes", train["processes"], "1 or more")
-    try:
-        Settings(**{k: v for k, v in train.items() if k not in TRAIN_EXTRA}).check()
-    except UsageError as exc:  # its message names the flag; the field has the flag's name
-        raise RunError(f"{path}: the training settings in its 'train' fields are impossible: {exc}. The file "
-                       "was edited or damaged: put back the values cnnlab wrote, or train the run again") from exc

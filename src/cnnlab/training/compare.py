@@ -15,11 +15,11 @@ from typing import Any
 from cnnlab.training import distributed
 from cnnlab.data import load_dataset
 from cnnlab.errors import UsageError
-from cnnlab.inspect.evaluate import resolve_device
 from cnnlab.models import short_name
 from cnnlab.runs.folder import Run
+from cnnlab.runs.trained import resolve_device
 from cnnlab.training.recipes import settings_for
-from cnnlab.training.loop import train
+from cnnlab.training.loop import DATA_OPTIONS, train
 
 # The lectures' own settings; on the 8,000-image sample both models train in well under 2 minutes.
 DEMO_MODELS = ("seed-mlp", "seed-cnn")
@@ -39,8 +39,8 @@ class Comparison:
         for run in self.runs:
             m = run.metrics or {}
             rows.append({
-                "model": run.config["model"],
-                "parameters": run.config["parameters"],
+                "model": run.config.model,
+                "parameters": run.config.parameters,
                 "train_seconds": m.get("train_seconds"),
                 "epochs": m.get("epochs_run"),
                 "best_epoch": m.get("best_epoch"),
@@ -58,20 +58,16 @@ def compare(
     models: list[str] | tuple[str, ...],
     dataset: str = "sample",
     *,
-    data_dir: str | Path | None = None,
-    download: bool = False,
-    image_size: int | None = None,
-    channels: int | None = None,
-    skip_bad_images: bool = False,
     out: str | Path | None = None,
     overwrite: bool = False,
     device: str = "auto",
     verbose: bool = True,
     report: bool = True,
-    **settings: Any,
+    **options: Any,
 ) -> Comparison | None:
-    """Train each of `models` on `dataset` with the same settings; runs go to out/<model>, and with
-    `report` each run's report.html and out/report.html, the runs side by side.
+    """Train each of `models` on `dataset` with the same `options` (those of `train`: the data options
+    and the settings); runs go to out/<model>, and with `report` each run's report.html and
+    out/report.html, the runs side by side.
 
     Started by torchrun, every rank trains each model with the others in one process group (see
     `train`); rank 0 alone writes and returns the Comparison, the other ranks return None."""
@@ -79,11 +75,10 @@ def compare(
         raise UsageError("name at least one model to compare")
     if len(set(models)) != len(models):
         raise UsageError("each model can appear only once in a comparison")
-    settings_for(settings.get("recipe", "lecture"), dataset, settings)  # checked before loading the data
-    data = load_dataset(
-        dataset, data_dir=data_dir, download=download, image_size=image_size, channels=channels,
-        skip_bad_images=skip_bad_images,
-    )
+    data_options = {k: options[k] for k in DATA_OPTIONS if k in options}
+    settings = {k: v for k, v in options.items() if k not in DATA_OPTIONS}
+    settings_for(settings.get("recipe", "lecture"), dataset, dict(settings))  # checked before loading the data
+    data = load_dataset(dataset, **data_options)
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in data.name.split("/")[-1])
     out = Path(out) if out is not None else Path("runs") / f"compare-{safe}-{datetime.now():%Y%m%d-%H%M%S}"
     folders: list[str] = []
@@ -92,11 +87,8 @@ def compare(
         folders.append(name if name not in folders else f"{name}-{len(folders) + 1}")
     with distributed.session(resolve_device(device)):
         runs = [
-            train(
-                model, data, data_dir=data_dir, image_size=image_size, channels=channels,
-                skip_bad_images=skip_bad_images, out=out / folder, overwrite=overwrite, device=device,
-                verbose=verbose, report=report and len(models) == 1, **settings,
-            )
+            train(model, data, out=out / folder, overwrite=overwrite, device=device, verbose=verbose,
+                  report=report and len(models) == 1, **options)
             for model, folder in zip(models, folders)
         ]
     if any(run is None for run in runs):  # a rank other than 0 under torchrun: rank 0 has the runs

@@ -27,17 +27,24 @@ from cnnlab.training import distributed
 from cnnlab.training import machine
 from cnnlab.data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
 from cnnlab.errors import Interrupted, RunError, TrainingError, UsageError
-from cnnlab.inspect.evaluate import EVAL_BATCH, evaluate_model, judged, load_run_data, loss_and_accuracy, resolve_device
-from cnnlab.views.formatting import summary_table
+from cnnlab.data.preprocess import Preprocess
+from cnnlab.inspect.evaluate import evaluate_model, load_run_data, loss_and_accuracy
+from cnnlab.views.formatting import loss, percent, summary_table
 from cnnlab.training.lock import hold_run_folder
 from cnnlab.models import load_model, short_name, stored_ref
 from cnnlab.training.recipes import settings_for
+from cnnlab.runs.config import DataConfig, Precision, RunConfig
 from cnnlab.runs.folder import (
-    FORMAT_VERSION, Run, load_checkpoint, load_safetensors, open_run, save_checkpoint, save_weights, write_history,
-    write_json, write_text,
+    Run, load_checkpoint, load_safetensors, open_run, save_checkpoint, save_weights, write_history, write_json,
+    write_text,
 )
-from cnnlab.settings import Settings, lr_factor, make_optimizer, settings_of, subset_cap
+from cnnlab.runs.trained import EVAL_BATCH, TrainedModel, judged, resolve_device
+from cnnlab.settings import Settings, lr_factor, make_optimizer, subset_cap
 from cnnlab.inspect.summary import summarize
+
+
+# train()'s options that say how the dataset is read (compare reads it once with them, for all its models).
+DATA_OPTIONS = ("data_dir", "download", "image_size", "channels", "skip_bad_images")
 
 
 def split_for_training(dataset: ImageData, s: Settings) -> tuple[Split, Split]:
@@ -53,12 +60,6 @@ def default_out(model: str, dataset: str) -> Path:
     """runs/<model>-<dataset>-<time>, the dataset name made safe for a folder name."""
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in dataset.split("/")[-1] or dataset)
     return Path("runs") / f"{model}-{safe}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def _fmt(value: float, percent: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.2%}" if percent else f"{value:.4f}"
 
 
 def train(
@@ -129,24 +130,23 @@ def train(
         mean, std = channel_stats(fit.x) if s.normalize else ([0.0] * fit.x.shape[1], [1.0] * fit.x.shape[1])
         torch.manual_seed(s.seed)
         net = load_model(ref, dataset.input_shape, dataset.num_classes)
-        config = {
-            "format": FORMAT_VERSION,
-            "cnnlab_version": __version__,
-            "torch_version": torch.__version__,
-            "created": datetime.now().isoformat(timespec="seconds"),
-            "model": ref,
-            "parameters": sum(p.numel() for p in net.parameters()),
-            "data": {
-                "dataset": dataset.name, "source": dataset.source, "classes": dataset.classes,
-                "input_shape": list(dataset.input_shape), "mean": mean, "std": std,
-                "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None,
-                "image_size": image_size,
-                "channels": channels, "skip_bad_images": skip_bad_images,
-                "train_images": len(fit), "val_images": len(val), "test_images": len(dataset.test),
-            },
-            "train": {**vars(s), "device": device, "processes": ctx.world_size},
-            "precision": {"asked": asked, "why": choice.why},
-        }
+        config = RunConfig(
+            model=ref,
+            parameters=sum(p.numel() for p in net.parameters()),
+            data=DataConfig(
+                dataset=dataset.name, source=dataset.source, classes=dataset.classes,
+                input_shape=tuple(dataset.input_shape), mean=mean, std=std,  # type: ignore[arg-type]
+                data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None,
+                image_size=image_size, channels=channels, skip_bad_images=skip_bad_images,
+                train_images=len(fit), val_images=len(val), test_images=len(dataset.test),
+            ),
+            train=s,
+            preprocess=Preprocess(tuple(dataset.input_shape), tuple(mean), tuple(std),  # type: ignore[arg-type]
+                                  channels_last=s.channels_last),
+            device=device, processes=ctx.world_size, precision=Precision(asked, choice.why),
+            cnnlab_version=__version__, torch_version=torch.__version__,
+            created=datetime.now().isoformat(timespec="seconds"),
+        )
         distributed.barrier(ctx)  # every rank has checked the folder before rank 0 writes into it
         with contextlib.ExitStack() as held:
             # Checked again under the lock: another writer may have finished a run there meanwhile.
@@ -155,7 +155,7 @@ def train(
                 for stale in ("metrics.json", "history.csv", "model.safetensors", "checkpoint.pt", "summary.txt",
                               "report.html"):
                     (out / stale).unlink(missing_ok=True)  # an overwritten run must not mix with the old one
-                write_json(out / "config.json", config)
+                write_json(out / "config.json", config.to_dict())
             run = _fit(net, dataset, fit, val, config, out, target, None, verbose, ctx)
             _report(run, dataset, device, verbose, report)
         return run
@@ -176,9 +176,9 @@ def resume(run: str | Path | Run, epochs: int | None = None, device: str = "auto
         hold_run_folder(path, held, ctx)  # a run still being trained is not resumed under its writer's feet
         previous = open_run(path, trust_code=trust_code)  # read again: its writer may have gone on meanwhile
         config = previous.config
-        if ctx.world_size != config["train"].get("processes", 1):
+        if ctx.world_size != config.processes:
             raise UsageError(
-                f"{path} was trained by {config['train'].get('processes', 1)} processes; resume it with "
+                f"{path} was trained by {config.processes} processes; resume it with "
                 "as many (each takes its share of every batch, and the batch must split the same way)"
             )
         state = load_checkpoint(path / "checkpoint.pt") if (path / "checkpoint.pt").exists() else None
@@ -188,8 +188,8 @@ def resume(run: str | Path | Run, epochs: int | None = None, device: str = "auto
             if epochs < max(1, done + within):
                 raise UsageError(f"--epochs {epochs} is fewer than the {done + within} epochs this run has done "
                                  f"or begun")
-            config["train"]["epochs"] = epochs
-        s = settings_of(config)
+            config.train.epochs = epochs
+        s = config.train
         dataset = load_run_data(previous)
         fit, val = split_for_training(dataset, s)
         if state is None:
@@ -199,7 +199,7 @@ def resume(run: str | Path | Run, epochs: int | None = None, device: str = "auto
         _check_precision(s, target)
         distributed.barrier(ctx)  # every rank has read config.json before rank 0 rewrites it
         if ctx.is_main:
-            write_json(path / "config.json", config)
+            write_json(path / "config.json", config.to_dict())
         if state is not None:
             state["history"] = previous.history[:done]  # a row written after the checkpoint is redone
         finished = _fit(net, dataset, fit, val, config, path, target, state, verbose, ctx)
@@ -252,7 +252,7 @@ def _fit(
     dataset: ImageData,
     fit: Split,
     val: Split,
-    config: dict[str, Any],
+    config: RunConfig,
     out: Path,
     device: torch.device,
     state: dict[str, Any] | None,
@@ -264,8 +264,8 @@ def _fit(
     Under torchrun every rank runs this loop on its share of each batch; only rank 0 prints, validates
     and writes. Should rank 0 fail, its process exits and torchrun stops the others.
     """
-    s = settings_of(config)
-    mean, std = config["data"]["mean"], config["data"]["std"]
+    s = config.train
+    preprocess = config.preprocess
     if s.threads or ctx.local_world_size > 1:
         torch.set_num_threads(s.threads or distributed.default_threads(ctx))
     net.to(device)
@@ -276,11 +276,11 @@ def _fit(
         model = torch.compile(model)
     optimizer = make_optimizer(net, s)
     train_loader = BatchLoader(
-        fit, s.batch_size, mean, std, shuffle=True, seed=s.seed, device=device, augmentation=s.augment,
-        channels_last=s.channels_last, rank=ctx.rank, world_size=ctx.world_size,
+        fit, s.batch_size, preprocess, shuffle=True, seed=s.seed, device=device, augmentation=s.augment,
+        rank=ctx.rank, world_size=ctx.world_size,
     )
-    val_loader = BatchLoader(val, EVAL_BATCH, mean, std, device=device, channels_last=s.channels_last)
-    test_loader = BatchLoader(dataset.test, EVAL_BATCH, mean, std, device=device, channels_last=s.channels_last)
+    val_loader = BatchLoader(val, EVAL_BATCH, preprocess, device=device)
+    test_loader = BatchLoader(dataset.test, EVAL_BATCH, preprocess, device=device)
     total_steps = len(train_loader) * s.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, s))
     history: list[dict[str, float]] = []
@@ -328,20 +328,19 @@ def _fit(
         )
         saved_at = _checkpoint_point(epochs_done, step)
 
-    summary = summarize(net, tuple(dataset.input_shape), name=short_name(config["model"]))
+    summary = summarize(net, tuple(dataset.input_shape), name=short_name(config.model))
     console = Console(quiet=not (verbose and ctx.is_main), highlight=False, soft_wrap=True)
     if ctx.is_main:
         write_text(out / "summary.txt", summary_table(summary, explain=True) + "\n")
     console.print(summary_table(summary) + "\n", markup=False)
     console.print(
-        f"[bold]{escape(short_name(config['model']))}[/] on [bold]{escape(dataset.name)}[/]: "
-        f"{config['parameters']:,} parameters, "
+        f"[bold]{escape(short_name(config.model))}[/] on [bold]{escape(dataset.name)}[/]: "
+        f"{config.parameters:,} parameters, "
         f"{len(fit):,} training / {len(val):,} validation images {tuple(dataset.input_shape)}, "
         f"{_describe(s, device, ctx)}; run folder {out}"
     )
-    precision = config.get("precision") or {}
-    if precision.get("asked") == "auto":
-        console.print(f"precision {s.precision} (auto): {precision['why']}; --precision fp32|bf16 to choose",
+    if config.precision is not None and config.precision.asked == "auto":
+        console.print(f"precision {s.precision} (auto): {config.precision.why}; --precision fp32|bf16 to choose",
                       markup=False)
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -426,9 +425,9 @@ def _fit(
                     write_history(out / "history.csv", history)
                     checkpoint(epoch + 1)
                 console.print(
-                    f"epoch {epoch + 1:>3}/{s.epochs}  train loss {_fmt(row['train_loss'])} "
-                    f"acc {_fmt(row['train_accuracy'], True)}  val loss {_fmt(val_loss)} "
-                    f"acc {_fmt(val_acc, True)}  {seconds:6.1f} s" + ("  [green]best[/]" if improved else "")
+                    f"epoch {epoch + 1:>3}/{s.epochs}  train loss {loss(row['train_loss'])} "
+                    f"acc {percent(row['train_accuracy'])}  val loss {loss(val_loss)} "
+                    f"acc {percent(val_acc)}  {seconds:6.1f} s" + ("  [green]best[/]" if improved else "")
                 )
                 if s.patience is not None and bad_epochs >= s.patience:
                     console.print(f"early stop: no better validation loss for {s.patience} epochs")
@@ -449,20 +448,14 @@ def _fit(
 
 
 def _finish(
-    net: torch.nn.Module, dataset: ImageData, config: dict[str, Any], out: Path,
+    net: torch.nn.Module, dataset: ImageData, config: RunConfig, out: Path,
     history: list[dict[str, float]], best_epoch: int, device: torch.device, console: Console,
 ) -> Run:
     """Evaluate the best weights on the test split (and extra splits), write metrics.json."""
     load_safetensors(net, out / "model.safetensors", device=str(device))  # the best epoch's, not the last
-    net.eval()
-    s = settings_of(config)
-    net = judged(net, s.tta)
-    mean, std = config["data"]["mean"], config["data"]["std"]
-    test = evaluate_model(net, dataset.test, dataset.classes, mean, std, "test", device, s.channels_last)
-    extra = {
-        name: evaluate_model(net, split, dataset.classes, mean, std, name, device, s.channels_last).accuracy
-        for name, split in dataset.extra.items()
-    }
+    model = TrainedModel(net, config.preprocess, dataset.classes, config.train.tta, device=device)
+    test = evaluate_model(model, dataset.test, "test")
+    extra = {name: evaluate_model(model, split, name).accuracy for name, split in dataset.extra.items()}
     metrics = {
         **test.to_dict(),
         "test_accuracy": test.accuracy,
@@ -470,7 +463,7 @@ def _finish(
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "train_seconds": round(sum(row["seconds"] for row in history), 3),
-        "parameters": config["parameters"],
+        "parameters": config.parameters,
     }
     write_json(out / "metrics.json", metrics)
     shifted = "".join(f", {name} {acc:.2%}" for name, acc in extra.items())

@@ -1,0 +1,105 @@
+"""How images become a model's input: the one place in cnnlab that does it.
+
+    image file ──load──> float (N, C, H, W) in [0, 1] ──normalize──> (x - mean) / std, laid out for the model
+    uint8 batch (N, C, H, W) ──from_uint8──> the same, on a device (the training loader's batched path)
+
+A run keeps its `Preprocess` in config.json, and a trained model carries it (runs/trained.py), so
+prediction, evaluation, the report, export and a pretrained network's own ImageNet statistics all
+go through the same arithmetic. `as_module()` puts the normalization inside a plain nn.Module, for
+graphs that take [0, 1] images (export).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.data import images
+from cnnlab.errors import UsageError
+
+# How an image of another size is fitted to the input: "stretch" resizes the whole image to H x W
+# (bilinear, antialiased), as the datasets' images were read.
+RESIZE_POLICIES = ("stretch",)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Input shape (C, H, W), resize policy, per-channel mean and std, and the memory layout."""
+
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...] = field(default=())  # () means 0 per channel: only / 255
+    std: tuple[float, ...] = field(default=())  # () means 1 per channel
+    resize: str = "stretch"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        c = self.input_shape[0]
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean) or (0.0,) * c)
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std) or (1.0,) * c)
+        if len(self.mean) != c or len(self.std) != c:
+            raise UsageError(f"mean and std need {c} value(s), one per input channel; got {list(self.mean)} and "
+                             f"{list(self.std)}")
+        if self.resize not in RESIZE_POLICIES:
+            raise UsageError(f"unknown resize policy {self.resize!r}; use one of {', '.join(RESIZE_POLICIES)}")
+
+    @property
+    def channels(self) -> int:
+        return self.input_shape[0]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.input_shape[1], self.input_shape[2]
+
+    def load(self, paths: Sequence[str | Path], invert: bool = False) -> torch.Tensor:
+        """Image files of any size and mode as float (N, C, H, W) in [0, 1]: alpha dropped, grayscale
+        for a one-channel model, resized to the input size. `invert` turns dark-on-light images into
+        the light-on-dark look of (Fashion-)MNIST."""
+        if not paths:
+            raise UsageError("give at least one image file")
+        batch = torch.stack([images.load(p, channels=self.channels, size=self.size) for p in paths])  # (N, C, H, W)
+        return 1.0 - batch if invert else batch
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """float (N, C, H, W) in [0, 1] -> the model's input: (x - mean) / std, in its memory layout."""
+        mean, std = self._stats(x.device)
+        x = (x.float() - mean).div_(std)  # (N, C, H, W)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def from_uint8(self, x: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+        """uint8 (N, C, H, W) -> the model's input on `device`: the same arithmetic as
+        `normalize(x / 255)`, in place on one float copy (the training loader's path)."""
+        x = x.to(device, non_blocking=True).float().div_(255.0)  # (N, C, H, W) in [0, 1]
+        mean, std = self._stats(x.device)
+        x = x.sub_(mean).div_(std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def as_module(self) -> nn.Module:
+        """The normalization as a layer, for a graph that takes [0, 1] images (export)."""
+        return Normalize(self.mean, self.std)
+
+    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        return mean, std
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input_shape": list(self.input_shape), "mean": list(self.mean), "std": list(self.std),
+                "resize": self.resize, "channels_last": self.channels_last, "value_range": [0.0, 1.0]}
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, with mean and std as buffers (they travel with the module)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std  # (N, C, H, W)
