@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -175,3 +176,22 @@ def test_a_file_that_differs_is_not_kept(seed_run, tmp_path: Path, monkeypatch: 
                                           r"atol 1e-05 \(max \|difference\| 0\.01\).*nothing was written to"):
         cnnlab.export(seed_run, out=target, folder=tmp_path / "examples")
     assert nothing_left(tmp_path / "out") == []
+
+
+def test_the_torchscript_exporter_when_the_dynamo_one_fails(fast_run, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    onnx_export = torch.onnx.export
+
+    def no_dynamo(*args, dynamo: bool = True, **kwargs):
+        if dynamo:
+            raise RuntimeError("an op the dynamo exporter cannot convert")
+        return onnx_export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    write_examples(tmp_path / "examples")
+    result = cnnlab.export(fast_run, out=tmp_path / "m.onnx", folder=tmp_path / "examples")  # flip TTA inside
+    assert result.exporter == ("torch.onnx TorchScript exporter (the dynamo exporter failed: RuntimeError: an op the "
+                               "dynamo exporter cannot convert)")
+    assert result.images == 4 and result.agreement == 1.0 and result.max_abs_diff < 1e-4
+    got = session(result.path).run(None, {"images": np.zeros((7, 1, 28, 28), np.float32)})[0]
+    assert got.shape == (7, 10)
