@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cnnlab.data.images import MAX_PIXELS
 from cnnlab.errors import DataError, UsageError
 
 
@@ -81,8 +82,6 @@ def train_val_split(train: Split, val_fraction: float, seed: int) -> tuple[Split
 def check_resize(count: int, channels: int, size: tuple[int, int]) -> None:
     """Refuse an --image-size whose images could not be held: over images.MAX_PIXELS each, or all of them
     (uint8) more than half this machine's memory, where the system says how much there is."""
-    from cnnlab.data.images import MAX_PIXELS
-
     height, width = size
     if height * width > MAX_PIXELS:
         raise UsageError(f"--image-size {height}x{width} is more than {MAX_PIXELS:,} pixels an image; use a smaller size")

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cnnlab.data import images
 from cnnlab.errors import UsageError
+from cnnlab.teach.steps import is_file, parse_matrix
 
 EDGE_MODES = {"zero": "constant", "extend": "replicate", "reflect": "reflect", "wrap": "circular", "crop": None}
 SCALES = ("auto", "clip", "minmax", "abs")
@@ -106,8 +107,6 @@ def resolve(kernel: str | np.ndarray) -> tuple[str, np.ndarray | None]:
             raise UsageError(f"{name}: the size must be 1 to 255")
         weights = np.full((n, n), 1.0 / n**2) if m.group(1) == "box" else _binomial(n)
         return name, weights
-    from cnnlab.teach.steps import is_file, parse_matrix
-
     if re.search(r"\d", name) or is_file(kernel):
 
         return "custom", _checked(parse_matrix(kernel).astype(np.float64))

@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.models import get_model
+from cnnlab.version import __version__
+
 # oneDNN's ONEDNN_MAX_CPU_ISA values that include bf16 instructions (oneDNN's own names); any of the
 # older ones (SSE41, AVX, AVX2, AVX2_VNNI, AVX512_CORE, AVX512_CORE_VNNI) keeps its kernels off them.
 ONEDNN_BF16_ISAS = {
@@ -195,8 +198,6 @@ def choose_precision(asked: str, device: torch.device) -> Choice:
 
 def images_per_second(precision: str, device: torch.device, seconds: float = 1.5, channels_last: bool = True) -> float:
     """Training images per second of the fast recipe's model for Fashion-MNIST (fast-cnn-28, batch 256)."""
-    from cnnlab.models import get_model
-
     layout = torch.channels_last if channels_last else torch.contiguous_format
     torch_state = torch.get_rng_state()
     try:
@@ -218,8 +219,6 @@ def images_per_second(precision: str, device: torch.device, seconds: float = 1.5
 def info(device: torch.device, measure: bool = True) -> dict[str, Any]:
     """Versions, device, CPU capability, threads, the precision recipes would choose and why, and
     (with `measure`) the fast recipe's training speed here."""
-    from cnnlab.version import __version__
-
     versions = {"cnnlab": __version__, "python": sys.version.split()[0], "torch": torch.__version__}
     for package in ("torchvision", "numpy", "PIL", "safetensors"):
         try:
