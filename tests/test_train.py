@@ -21,6 +21,7 @@ from cnnlab.runs.folder import HISTORY_FIELDS
 from cnnlab.settings import Settings, lr_factor
 
 train_module = importlib.import_module("cnnlab.training.loop")
+trainer_module = importlib.import_module("cnnlab.training.trainer")
 
 
 @pytest.mark.dispatch
@@ -130,7 +131,7 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatc
     kwargs = dict(subset=400, epochs=3, verbose=False, **extra)
     whole = cnnlab.train("seed-cnn", "sample", out=tmp_path / "whole", **kwargs, report=False)
 
-    real_cross_entropy = train_module.F.cross_entropy
+    real_cross_entropy = trainer_module.F.cross_entropy
     calls = {"n": 0}
 
     def interrupt_in_epoch_2(*args, **kw):  # Ctrl-C during the second epoch (12 batches per epoch)
@@ -139,11 +140,11 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real_cross_entropy(*args, **kw)
 
-    monkeypatch.setattr(train_module.F, "cross_entropy", interrupt_in_epoch_2)
+    monkeypatch.setattr(trainer_module.F, "cross_entropy", interrupt_in_epoch_2)
     with pytest.raises(Interrupted, match=r"interrupted in epoch 2 of 3; it goes on from its last checkpoint "
                                           r"\(the end of epoch 1\) with: cnnlab train --resume"):
         cnnlab.train("seed-cnn", "sample", out=tmp_path / "cut", **kwargs, report=False)
-    monkeypatch.setattr(train_module.F, "cross_entropy", real_cross_entropy)
+    monkeypatch.setattr(trainer_module.F, "cross_entropy", real_cross_entropy)
     assert len(cnnlab.open_run(tmp_path / "cut").history) == 1
 
     resumed = cnnlab.resume(tmp_path / "cut", verbose=False)
@@ -161,14 +162,14 @@ def test_resume_to_more_epochs_lays_the_schedule_over_them(tmp_path, monkeypatch
     assert short.history[-1]["lr"] == pytest.approx(0.05 * lr_factor(2 * steps - 1, 2 * steps, short_settings))
 
     rates = []
-    real_make_optimizer = train_module.make_optimizer
+    real_make_optimizer = trainer_module.make_optimizer
 
     def recording_optimizer(net, s):
         optimizer = real_make_optimizer(net, s)
         optimizer.register_step_pre_hook(lambda opt, args, kwargs: rates.append(opt.param_groups[0]["lr"]))
         return optimizer
 
-    monkeypatch.setattr(train_module, "make_optimizer", recording_optimizer)
+    monkeypatch.setattr(trainer_module, "make_optimizer", recording_optimizer)
     resumed = cnnlab.resume(tmp_path / "r", epochs=4, verbose=False)
     s = resumed.config.train
     assert len(rates) == 2 * steps

@@ -10,37 +10,35 @@ best weights, stops early when asked, survives NaN losses and Ctrl-C, and can re
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cnnlab.version import __version__
 from cnnlab.training import distributed
 from cnnlab.training import machine
-from cnnlab.data import BatchLoader, ImageData, Split, channel_stats, load_dataset, train_val_split
-from cnnlab.errors import Interrupted, RunError, TrainingError, UsageError
+from cnnlab.data import ImageData, Split, channel_stats, load_dataset, train_val_split
+from cnnlab.errors import Interrupted, RunError, UsageError
 from cnnlab.data.preprocess import Preprocess
-from cnnlab.inspect.evaluate import evaluate_model, load_run_data, loss_and_accuracy
-from cnnlab.views.formatting import loss, percent, summary_table
+from cnnlab.inspect.evaluate import evaluate_model, load_run_data
+from cnnlab.views.formatting import summary_table
 from cnnlab.training.lock import hold_run_folder
 from cnnlab.models import load_model, short_name, stored_ref
 from cnnlab.training.recipes import settings_for
 from cnnlab.runs.config import DataConfig, Precision, RunConfig
 from cnnlab.runs.folder import (
-    Run, load_checkpoint, load_safetensors, open_run, save_checkpoint, save_weights, write_history, write_json,
+    Run, load_checkpoint, load_safetensors, open_run, save_weights, write_history, write_json,
     write_text,
 )
-from cnnlab.runs.trained import EVAL_BATCH, TrainedModel, judged, resolve_device
-from cnnlab.settings import Settings, lr_factor, make_optimizer, subset_cap
+from cnnlab.runs.trained import TrainedModel, resolve_device
+from cnnlab.settings import Settings, subset_cap
 from cnnlab.inspect.summary import summarize
+from cnnlab.training.progress import Display
+from cnnlab.training.trainer import Epoch, Step, Trainer
 
 
 # train()'s options that say how the dataset is read (compare reads it once with them, for all its models).
@@ -243,10 +241,6 @@ def _describe(s: Settings, device: torch.device, ctx: distributed.Context) -> st
     return ", ".join(parts + [where])
 
 
-def _checkpoint_point(epochs_done: int, step: int) -> str:
-    return f"step {step} of epoch {epochs_done + 1}" if step else f"the end of epoch {epochs_done}"
-
-
 def _fit(
     net: torch.nn.Module,
     dataset: ImageData,
@@ -259,181 +253,58 @@ def _fit(
     verbose: bool,
     ctx: distributed.Context,
 ) -> Run | None:
-    """The training loop proper, from scratch (state None) or from a checkpoint's state.
+    """Run the loop (trainer.py) from scratch (state None) or from a checkpoint's state, and act on its
+    events: show progress, save the best weights, history.csv and checkpoints, stop early.
 
-    Under torchrun every rank runs this loop on its share of each batch; only rank 0 prints, validates
+    Under torchrun every rank runs the loop on its share of each batch; only rank 0 prints, validates
     and writes. Should rank 0 fail, its process exits and torchrun stops the others.
     """
     s = config.train
-    preprocess = config.preprocess
-    if s.threads or ctx.local_world_size > 1:
-        torch.set_num_threads(s.threads or distributed.default_threads(ctx))
-    net.to(device)
-    if s.channels_last:
-        net.to(memory_format=torch.channels_last)
-    model = distributed.wrap(net, ctx, device)  # what trains; `net` is what is saved and validated
-    if s.compile:
-        model = torch.compile(model)
-    optimizer = make_optimizer(net, s)
-    train_loader = BatchLoader(
-        fit, s.batch_size, preprocess, shuffle=True, seed=s.seed, device=device, augmentation=s.augment,
-        rank=ctx.rank, world_size=ctx.world_size,
-    )
-    val_loader = BatchLoader(val, EVAL_BATCH, preprocess, device=device)
-    test_loader = BatchLoader(dataset.test, EVAL_BATCH, preprocess, device=device)
-    total_steps = len(train_loader) * s.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, s))
-    history: list[dict[str, float]] = []
-    best_val, best_epoch, bad_epochs, start, start_step = math.inf, 0, 0, 0, 0
-    if state is not None:
-        try:
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:  # a checkpoint of another model, or damaged
-            raise RunError(
-                f"{out / 'checkpoint.pt'} does not fit the run's model ({' '.join(str(exc).split())[:300]}); "
-                f"start the run again with the same command and --overwrite"
-            ) from exc
-        if "scheduler" in state:  # runs from before schedules existed had a constant rate
-            scheduler.load_state_dict(state["scheduler"])
-        for group in optimizer.param_groups:  # the rate at this step of the schedule over the (new) epochs
-            group["lr"] = s.lr * lr_factor(scheduler.last_epoch, total_steps, s)
-        torch.set_rng_state(state["rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        best_val, best_epoch = state["best_val_loss"], state["best_epoch"]
-        bad_epochs, start, history = state["bad_epochs"], state["epoch"], state["history"]
-        start_step = state.get("step", 0)  # a checkpoint within epoch start + 1, after this many steps
-        if start_step >= len(train_loader):
-            raise RunError(f"{out / 'checkpoint.pt'} stands at step {start_step} of an epoch of {len(train_loader)} "
-                           "steps: it is not this run's; start the run again with --overwrite")
-    # A run that stopped early and was cut before its test is finished, not trained on.
-    stopped = s.patience is not None and bad_epochs >= s.patience
-    saved_at = _checkpoint_point(start, start_step) if state is not None else None
-
-    def checkpoint(epochs_done: int, step: int = 0, totals: torch.Tensor | None = None, seconds: float = 0.0) -> None:
-        """Save everything --resume needs to go on bit for bit: after `epochs_done` epochs and `step`
-        steps of the next one, with that epoch's running sums and seconds so far."""
-        nonlocal saved_at
-        within = {"step": step, "totals": totals.cpu(), "epoch_seconds": seconds} if step else {}
-        save_checkpoint(
-            {
-                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                "epoch": epochs_done, "best_val_loss": best_val, "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs, **within,
-            },
-            out / "checkpoint.pt",
-        )
-        saved_at = _checkpoint_point(epochs_done, step)
-
+    trainer = Trainer(net, config, fit, val, dataset.test, out, device, state, ctx)
     summary = summarize(net, tuple(dataset.input_shape), name=short_name(config.model))
-    console = Console(quiet=not (verbose and ctx.is_main), highlight=False, soft_wrap=True)
     if ctx.is_main:
         write_text(out / "summary.txt", summary_table(summary, explain=True) + "\n")
-    console.print(summary_table(summary) + "\n", markup=False)
-    console.print(
+    display = Display(verbose and ctx.is_main, s.epochs)
+    display.print(summary_table(summary) + "\n", markup=False)
+    display.print(
         f"[bold]{escape(short_name(config.model))}[/] on [bold]{escape(dataset.name)}[/]: "
         f"{config.parameters:,} parameters, "
         f"{len(fit):,} training / {len(val):,} validation images {tuple(dataset.input_shape)}, "
         f"{_describe(s, device, ctx)}; run folder {out}"
     )
     if config.precision is not None and config.precision.asked == "auto":
-        console.print(f"precision {s.precision} (auto): {config.precision.why}; --precision fp32|bf16 to choose",
+        display.print(f"precision {s.precision} (auto): {config.precision.why}; --precision fp32|bf16 to choose",
                       markup=False)
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[stats]}"), console=console, transient=True, disable=not (verbose and ctx.is_main),
-    )
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if s.precision == "bf16"
-                else contextlib.nullcontext())
-    epoch = start
+    # A run that stopped early and was cut before its test is finished, not trained on.
+    stopped = s.patience is not None and trainer.bad_epochs >= s.patience
+    epoch = trainer.start
+    saved = time.perf_counter()
     try:
-        with progress:
-            for epoch in range(start, start if stopped else s.epochs):
-                first = start_step if epoch == start else 0
-                model.train()
-                train_loader.set_epoch(epoch, first)
-                task = progress.add_task(f"epoch {epoch + 1}/{s.epochs}", total=len(train_loader), completed=first,
-                                         stats="")
-                started = saved = time.perf_counter()
-                totals = torch.zeros(3, device=device)  # loss sum, correct, images: this rank's share
-                earlier = 0.0  # seconds of this epoch before a resumed checkpoint
-                if first:
-                    earlier = state["epoch_seconds"]
-                    if ctx.is_main:  # rank 0's share of the sums so far: the others' were not saved
-                        totals = state["totals"].to(device)
-                for step, (x, y) in enumerate(train_loader, start=first):
-                    # The global batch's size: each rank's summed loss is scaled so that the ranks' gradients,
-                    # averaged by DDP, equal one process's mean over the whole batch (even an uneven last one).
-                    n_global = min(s.batch_size, len(fit) - step * s.batch_size)
-                    with autocast:
-                        logits = model(x)  # (B, classes)
-                        loss_sum = F.cross_entropy(logits.float(), y, label_smoothing=s.label_smoothing,
-                                                   reduction="sum")
-                    optimizer.zero_grad(set_to_none=True)
-                    (loss_sum * (ctx.world_size / n_global)).backward()
-                    optimizer.step()
-                    lr = optimizer.param_groups[0]["lr"]  # the rate this step used, for the history
-                    scheduler.step()
-                    totals[0] += loss_sum.detach()
-                    totals[1] += (logits.argmax(1) == y).sum()
-                    totals[2] += len(y)
-                    if step % 20 == 0 or step == len(train_loader) - 1:  # .item() waits for the GPU: not every step
-                        # Summed over ranks, so that every rank sees a NaN and stops together.
-                        loss_now, correct_now, seen_now = distributed.all_sum(totals.clone(), ctx).tolist()
-                        if not math.isfinite(loss_now):
-                            raise TrainingError(
-                                f"the loss became {loss_now / seen_now} in epoch {epoch + 1} (batch {step + 1}): "
-                                f"training diverged. Lower the learning rate (now --lr {s.lr:g}), e.g. to "
-                                f"{s.lr / 10:g}. The best weights so far are kept in {out / 'model.safetensors'}."
-                            )
-                        progress.update(task, completed=step + 1,
-                                        stats=f"loss {loss_now / seen_now:.4f} acc {correct_now / seen_now:.2%}")
-                    if ctx.is_main and step + 1 < len(train_loader) and (
-                        (s.checkpoint_steps and (step + 1) % s.checkpoint_steps == 0)
+        with display:
+            for event in trainer.run(stopped):
+                epoch = event.row["epoch"] - 1 if isinstance(event, Epoch) else event.epoch
+                if isinstance(event, Step):
+                    display.step(event)
+                    # A checkpoint within the epoch, every --checkpoint-steps steps and --checkpoint-seconds.
+                    if ctx.is_main and event.step + 1 < event.steps and (
+                        (s.checkpoint_steps and (event.step + 1) % s.checkpoint_steps == 0)
                         or (s.checkpoint_seconds and time.perf_counter() - saved >= s.checkpoint_seconds)
-                    ) and math.isfinite(totals[0].item()):  # a diverged state never replaces the last good one
-                        checkpoint(epoch, step + 1, totals, earlier + time.perf_counter() - started)
+                    ) and trainer.finite():
+                        trainer.checkpoint(event.epoch, event.step + 1)
                         saved = time.perf_counter()
-                seconds = earlier + time.perf_counter() - started
-                row = {
-                    "epoch": epoch + 1, "seconds": round(seconds, 3),
-                    "train_loss": loss_now / seen_now, "train_accuracy": correct_now / seen_now, "lr": lr,
-                }
-                # Rank 0 validates, and the others take its numbers: the weights are the same on every rank,
-                # but batch norm's running statistics are each rank's own, so their validation would differ
-                # and they could disagree on the best epoch or on stopping early.
+                    continue
                 if ctx.is_main:
-                    row["val_loss"], row["val_accuracy"] = loss_and_accuracy(judged(net, s.tta), val_loader)
-                    if s.watch_test:  # to see when a recipe reaches an accuracy; outside the timing
-                        row["test_accuracy"] = loss_and_accuracy(judged(net, s.tta), test_loader)[1]
-                row = distributed.from_main(row, ctx)
-                val_loss, val_acc = row["val_loss"], row["val_accuracy"]
-                history.append(row)
-                progress.remove_task(task)
-                # Keep the weights with the lowest validation loss; without a validation split, the last.
-                improved = len(val) == 0 or val_loss < best_val
-                if improved:
-                    best_val, best_epoch, bad_epochs = val_loss, epoch + 1, 0
-                else:
-                    bad_epochs += 1
-                if ctx.is_main:
-                    if improved:
+                    if event.improved:
                         save_weights(net, out / "model.safetensors")
-                    write_history(out / "history.csv", history)
-                    checkpoint(epoch + 1)
-                console.print(
-                    f"epoch {epoch + 1:>3}/{s.epochs}  train loss {loss(row['train_loss'])} "
-                    f"acc {percent(row['train_accuracy'])}  val loss {loss(val_loss)} "
-                    f"acc {percent(val_acc)}  {seconds:6.1f} s" + ("  [green]best[/]" if improved else "")
-                )
-                if s.patience is not None and bad_epochs >= s.patience:
-                    console.print(f"early stop: no better validation loss for {s.patience} epochs")
+                    write_history(out / "history.csv", trainer.history)
+                    trainer.checkpoint(epoch + 1)
+                    saved = time.perf_counter()
+                display.epoch(event)
+                if s.patience is not None and event.bad_epochs >= s.patience:
+                    display.print(f"early stop: no better validation loss for {s.patience} epochs")
                     break
     except KeyboardInterrupt:
-        then = (f"it goes on from its last checkpoint ({saved_at}) with" if saved_at
+        then = (f"it goes on from its last checkpoint ({trainer.saved_at}) with" if trainer.saved_at
                 else "nothing was saved yet; it starts again with")
         raise Interrupted(
             f"training was interrupted in epoch {epoch + 1} of {s.epochs}; {then}: cnnlab train --resume {out}"
@@ -442,14 +313,14 @@ def _fit(
     if not ctx.is_main:
         distributed.barrier(ctx)  # rank 0 tests the model and writes metrics.json
         return None
-    run = _finish(net, dataset, config, out, history, best_epoch, device, console)
+    run = _finish(net, dataset, config, out, trainer.history, trainer.best_epoch, device, display)
     distributed.barrier(ctx)
     return run
 
 
 def _finish(
     net: torch.nn.Module, dataset: ImageData, config: RunConfig, out: Path,
-    history: list[dict[str, float]], best_epoch: int, device: torch.device, console: Console,
+    history: list[dict[str, float]], best_epoch: int, device: torch.device, display: Display,
 ) -> Run:
     """Evaluate the best weights on the test split (and extra splits), write metrics.json."""
     load_safetensors(net, out / "model.safetensors", device=str(device))  # the best epoch's, not the last
@@ -467,7 +338,7 @@ def _finish(
     }
     write_json(out / "metrics.json", metrics)
     shifted = "".join(f", {name} {acc:.2%}" for name, acc in extra.items())
-    console.print(
+    display.print(
         f"test accuracy {test.accuracy:.2%} (best epoch {best_epoch}, {metrics['train_seconds']:.1f} s of "
         f"training{shifted}); results in {out}\n"
     )
