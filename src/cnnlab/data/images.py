@@ -128,12 +128,14 @@ def save(tensor: torch.Tensor, path: str | Path) -> None:
 
 
 def to_pil(tensor: torch.Tensor) -> Image.Image:
-    """A (1|3, H, W) tensor with values in [0, 1] as an 8-bit Pillow image, 'L' or 'RGB'.
+    """A (1|3, H, W) tensor, uint8 or with values in [0, 1], as an 8-bit Pillow image, 'L' or 'RGB'.
 
-    Values are rounded to the nearest level (0.5 -> 128); torchvision's to_pil_image truncates
+    Values in [0, 1] are rounded to the nearest level (0.5 -> 128); torchvision's to_pil_image truncates
     them (0.5 -> 127), which would change the pictures cnnlab has always written.
     """
-    array = (tensor.detach().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+    if tensor.dtype != torch.uint8:
+        tensor = (tensor.detach().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    array = tensor.cpu().permute(1, 2, 0).numpy()  # (H, W, C)
     return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
 
 

@@ -17,12 +17,11 @@ import torch.nn.functional as F
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from matplotlib.figure import Figure
-from PIL import Image
 
 from cnnlab.inspect import inside
 from cnnlab.views import viz
 from cnnlab.inspect.cam import Cam
-from cnnlab.data import ImageData
+from cnnlab.data import ImageData, images
 from cnnlab.data.preprocess import Preprocess
 from cnnlab.data.augment import augment
 from cnnlab.inspect.evaluate import Evaluation, collect_logits, evaluation_of
@@ -122,9 +121,8 @@ def figure(fig: Figure, alt: str) -> Png:
 
 def picture(image: torch.Tensor, alt: str) -> Png:
     """A uint8 image (C, H, W) as a small PNG, drawn large with square pixels by the style sheet."""
-    array = image.permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
-    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(buffer, format="PNG")
+    images.to_pil(image).save(buffer, format="PNG")
     return png(buffer.getvalue(), alt, "px")
 
 
