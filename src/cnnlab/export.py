@@ -16,7 +16,7 @@ import copy
 import importlib
 import json
 import os
-import tempfile
+import secrets
 import time
 import warnings
 from collections.abc import Callable
@@ -144,7 +144,8 @@ def metadata(model: TrainedModel, format: str, exporter: str) -> dict[str, Any]:
                    "values": "log-probabilities, the mean of the image's and its mirror image's (flip TTA)"
                    if model.tta else "logits", "use": "argmax is the class; softmax gives the probabilities"},
         "tta": model.tta,
-        "preprocess": p.to_dict(),
+        # cnnlab's own record of it; without channels_last, PyTorch's layout of its weights: the file's are NCHW
+        "preprocess": {k: v for k, v in p.to_dict().items() if k != "channels_last"},
     }
 
 
@@ -158,17 +159,15 @@ def _optional(name: str) -> Any:
 
 def _temporary(target: Path, suffix: str) -> str:
     """A new empty file in the target's folder, so that os.replace moves it in one step."""
+    # torch.export.save wants a name ending in .pt2; the leading dot keeps it out of listings. Not mkstemp:
+    # its files are private (0600), and this one is for others to use (0666 less the umask).
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp.{suffix}"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        # torch.export.save wants a name ending in .pt2; the leading dot keeps it out of listings.
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp.{suffix}", dir=target.parent)
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except OSError as exc:
         raise ExportError(f"cannot write {target}: {why_not_written(target, exc)}") from exc
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600); the file is for others to use
-    return tmp
+    return str(tmp)
 
 
 def _check_images(run: Run, data_dir: str | Path | None, folder: str | Path | None
