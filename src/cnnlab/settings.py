@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.errors import UsageError
@@ -60,8 +60,6 @@ class Settings:
     checkpoint_seconds: float | None = 60.0
 
     def check(self) -> None:
-        from dataclasses import fields
-
         kinds = {"int": int, "float": (int, float), "str": str, "bool": bool}  # from Python, values come unchecked
         for f in fields(self):
             value, kind = getattr(self, f.name), str(f.type).removesuffix(" | None")
@@ -129,16 +127,61 @@ def settings_of(config: dict[str, Any]) -> Settings:
     return Settings(**{k: v for k, v in config["train"].items() if k not in ("device", "processes")})
 
 
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The model's parameters as the optimizer's groups: weight decay on the weights of dimension 2 or
+    more (convolutions', linear layers'), none on the 1-D ones (biases, normalization layers' weights and
+    biases: decaying a batch norm's scale towards 0 only fights the normalization; timm, nanoGPT and
+    fastai leave them undecayed too). Always [decayed, undecayed], each in the model's order; with no
+    weight decay, one group of all, as before the split (so those runs' checkpoints load as they are)."""
+    params = list(model.parameters())
+    if weight_decay == 0:
+        return [{"params": params, "weight_decay": 0.0}]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
 def make_optimizer(model: torch.nn.Module, s: Settings) -> torch.optim.Optimizer:
+    """The optimizer of settings `s` over `model`'s parameters, in decay_groups' groups."""
     import torch  # here, not at the top: the CLI's parser reads this module's choices, and must not pay for torch
 
+    groups = decay_groups(model, s.weight_decay)
     if s.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
-        )
+        return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov)
     if s.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        return torch.optim.AdamW(groups, lr=s.lr)
+    return torch.optim.Adam(groups, lr=s.lr)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module,
+                         checkpoint: dict[str, Any]) -> None:
+    """Load `checkpoint["optimizer"]` into `optimizer` (make_optimizer's, over `model`).
+
+    A checkpoint written before decay_groups split the parameters holds one group of all of them in the
+    model's order; it is laid onto the groups here (each parameter keeps its momentum or Adam moments,
+    each group the saved rate and settings, the undecayed group weight decay 0), and the scheduler's
+    per-group lists in `checkpoint["scheduler"]` (LambdaLR's base_lrs, _last_lr, lr_lambdas) are widened
+    to match, in place, before the caller loads it. Any other mismatch raises the optimizer's ValueError.
+    """
+    saved = checkpoint["optimizer"]
+    groups, old = optimizer.param_groups, saved["param_groups"]
+    order = [id(p) for p in model.parameters()]
+    if len(old) == 1 and len(groups) > 1 and len(old[0]["params"]) == len(order):
+        position = {pid: i for i, pid in enumerate(order)}  # a parameter's place in the model, so in the old group
+        new_ids, state, start = [], {}, 0
+        for group in groups:
+            new_ids.append(list(range(start, start + len(group["params"]))))
+            for index, p in enumerate(group["params"], start):
+                old_id = old[0]["params"][position[id(p)]]
+                if old_id in saved["state"]:
+                    state[index] = saved["state"][old_id]
+            start += len(group["params"])
+        saved = {"state": state, "param_groups": [
+            {**old[0], "params": ids, "weight_decay": group["weight_decay"]} for ids, group in zip(new_ids, groups)]}
+        scheduler = checkpoint.get("scheduler", {})
+        for key in ("base_lrs", "_last_lr", "lr_lambdas"):
+            if isinstance(scheduler.get(key), list) and len(scheduler[key]) == 1:
+                scheduler[key] = scheduler[key] * len(groups)
+    optimizer.load_state_dict(saved)
 
 
 def lr_factor(step: int, total: int, s: Settings) -> float:
