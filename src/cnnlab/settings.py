@@ -122,11 +122,6 @@ def subset_cap(subset: int | None, available: int) -> int | None:
     return int(cap)
 
 
-def settings_of(config: dict[str, Any]) -> Settings:
-    """The Settings stored in a run's config.json (a run from before a setting existed gets its default)."""
-    return Settings(**{k: v for k, v in config["train"].items() if k not in ("device", "processes")})
-
-
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """The model's parameters as the optimizer's groups: weight decay on the weights of dimension 2 or
     more (convolutions', linear layers'), none on the 1-D ones (biases, normalization layers' weights and

@@ -29,7 +29,7 @@ from cnnlab.inspect.evaluate import loss_and_accuracy
 from cnnlab.runs.config import RunConfig
 from cnnlab.runs.folder import save_checkpoint
 from cnnlab.runs.trained import EVAL_BATCH, judged
-from cnnlab.settings import lr_factor, make_optimizer
+from cnnlab.settings import load_optimizer_state, lr_factor, make_optimizer
 from cnnlab.training import distributed
 
 # The running loss and accuracy are read (a wait for the device) every this many steps, and at an epoch's end.
@@ -92,7 +92,7 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         try:
             self.net.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(self.optimizer, self.net, state)  # a pre-split single-group state too
         except (RuntimeError, ValueError, KeyError) as exc:  # a checkpoint of another model, or damaged
             raise RunError(
                 f"{self.out / 'checkpoint.pt'} does not fit the run's model ({' '.join(str(exc).split())[:300]}); "
