@@ -24,7 +24,7 @@ from cnnlab.teach.arithmetic import LayerMath, Shape, as_pair, layer_math, recep
 from cnnlab.errors import ArchitectureError, ModelError, UsageError
 from cnnlab.models import load_model, model_info, short_name
 from cnnlab.models.refs import kind_of
-from cnnlab.models.shapes import evaluating, first_shape, small_enough, untouched
+from cnnlab.models.shapes import evaluating, first_shape, probe_pass, small_enough, zeros_input
 from cnnlab.models.spec import load, parse_shape
 from cnnlab.views.formatting import summary_table
 
@@ -295,19 +295,11 @@ def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) ->
     handles = []
     for module in dict.fromkeys(m for _, m in model.named_modules(remove_duplicate=False)):
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    first = next((p for p in model.parameters() if p.is_floating_point()), None)
-    device = "meta" if meta else (first.device if first is not None else torch.device("cpu"))
-    dtype = first.dtype if first is not None else torch.float32  # a .double() or .half() model takes its own
-    probe = torch.zeros(batch_size, *input_shape, device=device, dtype=dtype)  # (N, C, H, W)
+    probe = zeros_input(model, input_shape, batch_size, meta)  # (N, C, H, W)
     tracker.set(probe, ((1.0, 1.0), (1.0, 1.0), len(input_shape) != 3))
     try:
-        with torch.no_grad(), tracker:
-            if meta:
-                weights = {n: torch.empty_like(t, device="meta") for n, t in [*model.named_parameters(), *model.named_buffers()]}
-                output = torch.func.functional_call(model, weights, (probe,))
-            else:
-                with untouched(model, probe.device):
-                    output = model(probe)
+        with tracker:
+            output = probe_pass(model, probe, meta)
     except ArchitectureError:
         raise
     except Exception as exc:

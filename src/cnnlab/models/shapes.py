@@ -60,6 +60,27 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
+def zeros_input(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) -> torch.Tensor:
+    """A batch of zeros (N, *input_shape) in the model's own dtype (a .double() or .half() model takes its
+    own), on the meta device or on the model's device."""
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device = "meta" if meta else (first.device if first is not None else torch.device("cpu"))
+    dtype = first.dtype if first is not None else torch.float32
+    return torch.zeros(batch_size, *input_shape, device=device, dtype=dtype)
+
+
+def probe_pass(model: nn.Module, probe: torch.Tensor, meta: bool) -> Any:
+    """model(probe) without gradients: on the meta device, with stand-ins for its parameters and buffers
+    (its own modules and hooks run, its weights are never touched), or for real, leaving no trace."""
+    with torch.no_grad():
+        if meta:
+            weights = {n: torch.empty_like(t, device="meta")
+                       for n, t in [*model.named_parameters(), *model.named_buffers()]}
+            return torch.func.functional_call(model, weights, (probe,))
+        with untouched(model, probe.device):
+            return model(probe)
+
+
 def first_shape(value: Any) -> Shape | None:
     """The shape of one sample (no batch dimension) of the first tensor in `value`."""
     tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
@@ -88,25 +109,17 @@ def output_shape(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, .
         stack.pop()
 
     def run(meta: bool) -> Any:
-        first = next((p for p in model.parameters() if p.is_floating_point()), None)
-        device = "meta" if meta else (first.device if first is not None else torch.device("cpu"))
-        dtype = first.dtype if first is not None else torch.float32  # a .double() or .half() model takes its own
-        probe = torch.zeros(1, *input_shape, device=device, dtype=dtype)  # (1, C, H, W)
         stack.clear()
-        with torch.no_grad():
+        try:
+            return probe_pass(model, zeros_input(model, input_shape, 1, meta), meta)
+        except ArchitectureError:
+            raise
+        except Exception as exc:
             if meta:
-                weights = {n: torch.empty_like(t, device="meta")
-                           for n, t in [*model.named_parameters(), *model.named_buffers()]}
-                return torch.func.functional_call(model, weights, (probe,))
-            with untouched(model, probe.device):
-                try:
-                    return model(probe)
-                except ArchitectureError:
-                    raise
-                except Exception as exc:
-                    where = f" in {stack[-1]}" if stack else ""
-                    raise ModelError(f"the model cannot take {shape_text(input_shape)} inputs: the forward pass "
-                                     f"failed{where}: {exc}") from exc
+                raise
+            where = f" in {stack[-1]}" if stack else ""
+            raise ModelError(f"the model cannot take {shape_text(input_shape)} inputs: the forward pass "
+                             f"failed{where}: {exc}") from exc
 
     handles = []
     for module in dict.fromkeys(m for _, m in model.named_modules(remove_duplicate=False)):

@@ -22,7 +22,6 @@ from cnnlab.inspect import inside
 from cnnlab.views import viz
 from cnnlab.inspect.cam import Cam
 from cnnlab.data import ImageData, images
-from cnnlab.data.preprocess import Preprocess
 from cnnlab.data.augment import augment
 from cnnlab.inspect.evaluate import Evaluation, collect_logits, evaluation_of
 from cnnlab.errors import UsageError
@@ -47,7 +46,6 @@ class Findings:
     probabilities: torch.Tensor  # (N, classes) on the test split, as the run is judged (TTA included)
     losses: torch.Tensor  # (N,) cross-entropy of each test image
     model: torch.nn.Module  # the plain network with the best weights on the CPU, for feature maps, filters, CAM
-    preprocess: Preprocess  # how the run turns images into the network's input
 
     @property
     def name(self) -> str:
@@ -62,7 +60,6 @@ def findings(run: Run, data: ImageData, device: str = "auto") -> Findings:
     return Findings(
         run=run, data=data, evaluation=evaluation_of(logits, labels, run.classes),
         probabilities=logits.softmax(1), losses=F.cross_entropy(logits, labels, reduction="none"), model=model,
-        preprocess=run.preprocess,
     )
 
 
@@ -223,7 +220,7 @@ def most_confident(labels: torch.Tensor, probabilities: torch.Tensor, count: int
 
 def _test_images(f: Findings, chosen: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     raw = f.data.test.x[chosen]  # (n, C, H, W) uint8
-    x = f.preprocess.from_uint8(raw)  # (n, C, H, W), as the network takes them
+    x = f.run.preprocess.from_uint8(raw)  # (n, C, H, W), as the network takes them
     return raw, x
 
 
