@@ -9,6 +9,7 @@ from torch import nn
 from cnnlab.errors import ModelError
 from cnnlab.models import get_model, list_models, register_model
 from cnnlab.models import registry
+from cnnlab.models.famous import famous
 
 
 def count(model: nn.Module) -> int:
@@ -58,8 +59,16 @@ def test_small_cnns_are_small():
     assert count(get_model("small-cnn-28")) < count(get_model("seed-cnn")) / 7
 
 
-@pytest.mark.parametrize("name", list_models())
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+FAMOUS_SHAPE = (3, 64, 64)  # colour, and large enough for AlexNet's strides (63 or more)
+
+
+def _smoke_cases() -> list[tuple[str, tuple[int, int, int]]]:
+    """Every registered model on MNIST's and CIFAR-10's shapes; the famous colour networks on colour inputs."""
+    return [(name, shape) for name in list_models()
+            for shape in ([FAMOUS_SHAPE] if famous(name) else [(1, 28, 28), (3, 32, 32)])]
+
+
+@pytest.mark.parametrize(("name", "shape"), _smoke_cases())
 def test_every_registered_model(name, shape):
     """Output shape, finite values, and a gradient that reaches every parameter."""
     torch.manual_seed(0)

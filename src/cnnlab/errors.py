@@ -49,6 +49,10 @@ class ArchitectureError(ModelError):
     """A layer cannot take the shape it is given; the message names the layer, the formula and a fix."""
 
 
+class WeightsError(ModelError):
+    """Weights that cannot be had or do not fit the network: the message says which keys and what to do."""
+
+
 class ArchitectureWarning(UserWarning):
     """A layer works but probably not as meant (a stride larger than its window skips input pixels)."""
 

@@ -23,8 +23,11 @@ from cnnlab.data import images
 from cnnlab.errors import UsageError
 
 # How an image of another size is fitted to the input: "stretch" resizes the whole image to H x W
-# (bilinear, antialiased), as the datasets' images were read.
-RESIZE_POLICIES = ("stretch",)
+# (bilinear, antialiased), as the datasets' images were read; "center-crop" resizes its shorter side
+# to `resize_size` and keeps the centre H x W, as ImageNet networks were evaluated (torchvision's
+# ImageClassification: 256, then 224).
+RESIZE_POLICIES = ("stretch", "center-crop")
+CROP_FRACTION = 0.875  # 224 of 256: the share of the shorter side that ImageNet evaluation keeps
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Preprocess:
     std: tuple[float, ...] = field(default=())  # () means 1 per channel
     resize: str = "stretch"
     channels_last: bool = False
+    resize_size: int | None = None  # "center-crop": the shorter side before the crop (None: size / 0.875)
 
     def __post_init__(self) -> None:
         c = self.input_shape[0]
@@ -47,6 +51,12 @@ class Preprocess:
                              f"{list(self.std)}")
         if self.resize not in RESIZE_POLICIES:
             raise UsageError(f"unknown resize policy {self.resize!r}; use one of {', '.join(RESIZE_POLICIES)}")
+        if self.resize == "center-crop" and self.resize_size is None:
+            object.__setattr__(self, "resize_size", round(min(self.size) / CROP_FRACTION))
+        if self.resize == "stretch":
+            object.__setattr__(self, "resize_size", None)
+        elif self.resize_size < min(self.size):
+            raise UsageError(f"resize_size {self.resize_size} is smaller than the {min(self.size)}-pixel crop")
 
     @property
     def channels(self) -> int:
@@ -62,8 +72,23 @@ class Preprocess:
         the light-on-dark look of (Fashion-)MNIST."""
         if not paths:
             raise UsageError("give at least one image file")
-        batch = torch.stack([images.load(p, channels=self.channels, size=self.size) for p in paths])  # (N, C, H, W)
+        if self.resize == "stretch":
+            batch = torch.stack([images.load(p, channels=self.channels, size=self.size) for p in paths])  # (N, C, H, W)
+        else:  # each at its own size, then fitted: the files may differ in size
+            batch = torch.cat([self.fit(images.load(p, channels=self.channels)[None]) for p in paths])
         return 1.0 - batch if invert else batch
+
+    def fit(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, h, w), uint8 or float, at the input size H x W by the resize policy (unchanged
+        when they have it already and the policy crops nothing)."""
+        if self.resize == "stretch" and tuple(x.shape[-2:]) == self.size:
+            return x
+        import torchvision.transforms.v2.functional as TF  # about a second to import: only when images are fitted
+
+        if self.resize == "stretch":
+            return TF.resize(x, list(self.size), antialias=True)  # (N, C, H, W)
+        x = TF.resize(x, self.resize_size, antialias=True)  # shorter side to resize_size
+        return TF.center_crop(x, list(self.size))  # (N, C, H, W)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """float (N, C, H, W) in [0, 1] -> the model's input: (x - mean) / std, in its memory layout."""
@@ -72,9 +97,10 @@ class Preprocess:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def from_uint8(self, x: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
-        """uint8 (N, C, H, W) -> the model's input on `device`: the same arithmetic as
-        `normalize(x / 255)`, in place on one float copy (the training loader's path)."""
+        """uint8 (N, C, h, w) -> the model's input on `device`: the same arithmetic as
+        `normalize(fit(x / 255))`, in place on one float copy (the training loader's path)."""
         x = x.to(device, non_blocking=True).float().div_(255.0)  # (N, C, H, W) in [0, 1]
+        x = self.fit(x)  # a dataset stored at another size than the model's input (a pretrained network's)
         mean, std = self._stats(x.device)
         x = x.sub_(mean).div_(std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -90,7 +116,8 @@ class Preprocess:
 
     def to_dict(self) -> dict[str, Any]:
         return {"input_shape": list(self.input_shape), "mean": list(self.mean), "std": list(self.std),
-                "resize": self.resize, "channels_last": self.channels_last, "value_range": [0.0, 1.0]}
+                "resize": self.resize, "channels_last": self.channels_last, "value_range": [0.0, 1.0],
+                **({"resize_size": self.resize_size} if self.resize_size is not None else {})}
 
 
 class Normalize(nn.Module):

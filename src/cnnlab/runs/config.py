@@ -1,7 +1,7 @@
 """RunConfig: everything a run folder's config.json records, typed, with its defaults in one place.
 
     {"format": 2, "model": ..., "parameters": ..., "data": {...}, "train": {Settings..., "device", "processes"},
-     "precision": {"asked", "why"}, "preprocess": {input_shape, mean, std, resize, channels_last, value_range},
+     "precision": {"asked", "why"}, "preprocess": {input_shape, mean, std, resize, channels_last, value_range, [resize_size]},
      "cnnlab_version", "torch_version", "created"}
 
 `format` is the schema version. Format 1 (cnnlab before the trained-model seam) had no "preprocess":
@@ -107,7 +107,7 @@ class RunConfig:
         if "preprocess" in config:  # format 2
             pre = config["preprocess"]
             preprocess = Preprocess(tuple(pre["input_shape"]), tuple(pre["mean"]), tuple(pre["std"]), pre["resize"],
-                                    pre["channels_last"])
+                                    pre["channels_last"], pre.get("resize_size"))
         else:  # format 1: the data's statistics, in the layout the run trained in
             preprocess = Preprocess(data["input_shape"], tuple(data["mean"]), tuple(data["std"]),
                                     channels_last=settings.channels_last)
@@ -164,7 +164,7 @@ DATA_FIELDS: dict[str, tuple[type, ...]] = {
 DATA_OPTIONAL = {"source", "data_dir", "image_size", "channels", "skip_bad_images"}  # older runs lack them
 PREPROCESS_FIELDS: dict[str, tuple[type, ...]] = {
     "input_shape": (list,), "mean": (list,), "std": (list,), "resize": (str,), "channels_last": (bool,),
-    "value_range": (list,),
+    "value_range": (list,), "resize_size": (int, NoneType),
 }
 PRECISION_FIELDS: dict[str, tuple[type, ...]] = {"asked": (str,), "why": (str,)}
 # "train" holds the Settings (types from their annotations, all optional: an older run gets the default) and:
@@ -243,7 +243,7 @@ def check_config(config: dict[str, Any], path: Path) -> None:
         check_fields(path, "precision.", config["precision"], PRECISION_FIELDS)
     if "preprocess" in config:
         pre = config["preprocess"]
-        check_fields(path, "preprocess.", pre, PREPROCESS_FIELDS, {"value_range"})
+        check_fields(path, "preprocess.", pre, PREPROCESS_FIELDS, {"value_range", "resize_size"})
         _check_shape(path, "preprocess.input_shape", pre["input_shape"])
         _check_stats(path, "preprocess.", pre, pre["input_shape"][0])
         if pre["resize"] not in RESIZE_POLICIES:

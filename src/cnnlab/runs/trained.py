@@ -24,6 +24,7 @@ from cnnlab.data.dataset import Split
 from cnnlab.data.loader import BatchLoader
 from cnnlab.data.preprocess import Preprocess
 from cnnlab.errors import UsageError
+from cnnlab.models.pretrained import pretrained_model
 from cnnlab.models.shapes import evaluating
 from cnnlab.runs.folder import Run, open_run
 
@@ -103,6 +104,14 @@ class TrainedModel:
         return cls(net if net is not None else run.build_model(), run.preprocess, run.classes, run.config.train.tta,
                    run, device)
 
+    @classmethod
+    def pretrained(cls, name: str, device: str | torch.device = "cpu", weights: str | Path | None = None,
+                   size: int = 224) -> TrainedModel:
+        """Famous network `name` with its ImageNet weights (or those of a `weights` file for its 1,000-class
+        head), ImageNet's preprocessing at `size` and class names: usable without training."""
+        net, preprocess, classes, _ = pretrained_model(name, size, weights)
+        return cls(net, preprocess, classes, device=device)
+
     @property
     def judged(self) -> nn.Module:
         """The network on normalized inputs, with flip TTA when the run uses it."""
@@ -147,10 +156,18 @@ class TrainedModel:
                 for name, vs, ix in zip(names, values, indices)]
 
 
-def load(run: str | Path | Run, device: str | torch.device = "auto", trust_code: bool = False) -> TrainedModel:
-    """The trained model of a run folder: best weights, preprocessing, class names, TTA.
+def load(run: str | Path | Run, device: str | torch.device = "auto", trust_code: bool = False,
+         pretrained: bool = False, weights: str | Path | None = None) -> TrainedModel:
+    """The trained model of a run folder: best weights, preprocessing, class names, TTA. With `pretrained`
+    (or a `weights` file), `run` names a famous network instead: `cnnlab.load("resnet18", pretrained=True)`.
 
     device: "auto" (cuda when available, else cpu), "cpu", "cuda", ...; trust_code: see runs.open_run.
     """
+    device = resolve_device(device) if isinstance(device, str) else device
+    if pretrained or weights is not None:
+        if isinstance(run, Run) or Path(run).is_dir():
+            raise UsageError(f"{run} is a run folder, which has its own weights: leave out --pretrained / --weights, "
+                             "or name a model (e.g. resnet18)")
+        return TrainedModel.pretrained(str(run), device, weights)
     run = run if isinstance(run, Run) else open_run(run, trust_code=trust_code)
-    return TrainedModel.from_run(run, resolve_device(device) if isinstance(device, str) else device)
+    return TrainedModel.from_run(run, device)
