@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "onecycle", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
+FREEZES = ("none", "backbone")
 AUGMENTS = ("none", "flip", "crop", "crop+flip")  # data/augment.py's batch augmentations
 
 
@@ -58,6 +59,14 @@ class Settings:
     # epoch always saves one): every N steps, and every S seconds; None turns either off.
     checkpoint_steps: int | None = None
     checkpoint_seconds: float | None = 60.0
+    # Transfer learning (training/transfer.py): start from a famous network's ImageNet weights or a file's,
+    # freeze the backbone (everything before the head, the last Linear layer) and train the head on cached
+    # features, or unfreeze it after N epochs at backbone_lr times the rate (discriminative rates).
+    pretrained: bool = False
+    weights: str | None = None  # a safetensors file or state dict to start from
+    freeze: str = "none"  # none or backbone
+    unfreeze_after: int | None = None  # epochs with the backbone frozen before it trains too
+    backbone_lr: float = 0.1  # the backbone's rate as a share of --lr once unfrozen
 
     def check(self) -> None:
         kinds = {"int": int, "float": (int, float), "str": str, "bool": bool}  # from Python, values come unchecked
@@ -97,6 +106,13 @@ class Settings:
             raise UsageError("--nesterov needs --optimizer sgd and a --momentum above 0")
         if self.threads is not None and not 1 <= self.threads <= 1024:
             raise UsageError(f"--threads must be from 1 to 1,024, got {self.threads}")
+        if self.freeze not in FREEZES:
+            raise UsageError(f"unknown --freeze {self.freeze!r}; use one of {', '.join(FREEZES)}")
+        if self.unfreeze_after is not None and not 1 <= self.unfreeze_after < self.epochs:
+            raise UsageError(f"--unfreeze-after {self.unfreeze_after} must be at least 1 and fewer than the "
+                             f"{self.epochs} --epochs, so that both the head alone and the whole network train")
+        if not 0 < self.backbone_lr <= 1:
+            raise UsageError(f"--backbone-lr must be in (0, 1], a share of --lr; got {self.backbone_lr}")
         if self.checkpoint_steps is not None and self.checkpoint_steps < 1:
             raise UsageError("--checkpoint-steps must be at least 1")
         if self.checkpoint_seconds is not None and not (self.checkpoint_seconds > 0
