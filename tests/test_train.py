@@ -164,8 +164,8 @@ def test_resume_to_more_epochs_lays_the_schedule_over_them(tmp_path, monkeypatch
     rates = []
     real_make_optimizer = trainer_module.make_optimizer
 
-    def recording_optimizer(net, s):
-        optimizer = real_make_optimizer(net, s)
+    def recording_optimizer(net, s, head=None):
+        optimizer = real_make_optimizer(net, s, head)
         optimizer.register_step_pre_hook(lambda opt, args, kwargs: rates.append(opt.param_groups[0]["lr"]))
         return optimizer
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, fields
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from cnnlab.augment_spec import FORMS, parse_augment
 from cnnlab.errors import UsageError
 
 if TYPE_CHECKING:
@@ -21,7 +23,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "onecycle", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 FREEZES = ("none", "backbone")
-AUGMENTS = ("none", "flip", "crop", "crop+flip")  # data/augment.py's batch augmentations
+AUGMENTS = FORMS  # the items of an --augment spec (augment_spec.py), which data/augment.py applies
 
 
 @dataclass
@@ -43,7 +45,7 @@ class Settings:
     schedule: str = "constant"  # the learning rate over the run: constant, onecycle or cosine
     warmup: float = 0.0  # share of the steps over which the rate rises linearly from lr / 10 (onecycle, cosine)
     label_smoothing: float = 0.0
-    augment: str = "none"  # none, flip, crop or crop+flip (crop: shifts of up to 2 pixels)
+    augment: str = "none"  # a spec (augment_spec.py): none, or items such as "flip, rotation(15), crop(4)"
     # NHWC memory layout: the same arithmetic as NCHW, and oneDNN and cuDNN convolutions run faster on it
     # (seed-cnn at batch 32 on 2 CPU cores: 1.6x). On by default; it leaves the lecture's settings as they are.
     channels_last: bool = True
@@ -67,6 +69,14 @@ class Settings:
     freeze: str = "none"  # none or backbone
     unfreeze_after: int | None = None  # epochs with the backbone frozen before it trains too
     backbone_lr: float = 0.1  # the backbone's rate as a share of --lr once unfrozen
+
+    @property
+    def transfer(self) -> str:
+        """"features" (the backbone frozen throughout: the head trains on cached features), "fine-tune" (frozen
+        for unfreeze_after epochs, then all of it) or "whole" (every parameter trains from the start)."""
+        if self.unfreeze_after is not None:
+            return "fine-tune"
+        return "features" if self.freeze == "backbone" else "whole"
 
     def check(self) -> None:
         kinds = {"int": int, "float": (int, float), "str": str, "bool": bool}  # from Python, values come unchecked
@@ -111,6 +121,10 @@ class Settings:
         if self.unfreeze_after is not None and not 1 <= self.unfreeze_after < self.epochs:
             raise UsageError(f"--unfreeze-after {self.unfreeze_after} must be at least 1 and fewer than the "
                              f"{self.epochs} --epochs, so that both the head alone and the whole network train")
+        if self.transfer == "features" and (self.augment != "none" or self.tta):
+            raise UsageError("--freeze backbone trains the head on features computed once per image, so images are "
+                             "never augmented or mirrored: leave out --augment and --tta, or fine-tune with "
+                             "--unfreeze-after N, which trains on the images")
         if not 0 < self.backbone_lr <= 1:
             raise UsageError(f"--backbone-lr must be in (0, 1], a share of --lr; got {self.backbone_lr}")
         if self.checkpoint_steps is not None and self.checkpoint_steps < 1:
@@ -121,8 +135,8 @@ class Settings:
 
 
 def check_augment(name: str) -> None:
-    if name not in AUGMENTS:
-        raise UsageError(f"unknown augmentation {name!r}; use one of {', '.join(AUGMENTS)}")
+    """A UsageError unless `name` is an augmentation spec (augment_spec.py reads it; the old names included)."""
+    parse_augment(name)
 
 
 def subset_cap(subset: int | None, available: int) -> int | None:
@@ -138,24 +152,33 @@ def subset_cap(subset: int | None, available: int) -> int | None:
     return int(cap)
 
 
-def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def decay_groups(model: torch.nn.Module | Iterable[torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
     """The model's parameters as the optimizer's groups: weight decay on the weights of dimension 2 or
     more (convolutions', linear layers'), none on the 1-D ones (biases, normalization layers' weights and
     biases: decaying a batch norm's scale towards 0 only fights the normalization; timm, nanoGPT and
     fastai leave them undecayed too). Always [decayed, undecayed], each in the model's order; with no
     weight decay, one group of all, as before the split (so those runs' checkpoints load as they are)."""
-    params = list(model.parameters())
+    params = list(model.parameters()) if hasattr(model, "parameters") else list(model)
     if weight_decay == 0:
         return [{"params": params, "weight_decay": 0.0}]
     return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
-def make_optimizer(model: torch.nn.Module, s: Settings) -> torch.optim.Optimizer:
-    """The optimizer of settings `s` over `model`'s parameters, in decay_groups' groups."""
+def make_optimizer(model: torch.nn.Module, s: Settings, head: str | None = None) -> torch.optim.Optimizer:
+    """The optimizer of settings `s` over `model`'s parameters, in decay_groups' groups. With `head` (the
+    dotted name of the model's head), the head's groups come first at --lr, then the backbone's at
+    backbone_lr times it: discriminative rates, as fastai's fine_tune (a group's "name" says which)."""
     import torch  # here, not at the top: the CLI's parser reads this module's choices, and must not pay for torch
 
-    groups = decay_groups(model, s.weight_decay)
+    if head is None:
+        groups = decay_groups(model, s.weight_decay)
+    else:
+        named = list(model.named_parameters())
+        parts = [("head", 1.0, [p for n, p in named if n.startswith(head + ".")]),
+                 ("backbone", s.backbone_lr, [p for n, p in named if not n.startswith(head + ".")])]
+        groups = [{**group, "lr": s.lr * factor, "name": name}
+                  for name, factor, params in parts for group in decay_groups(params, s.weight_decay)]
     if s.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov)
     if s.optimizer == "adamw":

@@ -70,7 +70,7 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch)))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch)))
         else:
             order = torch.arange(n)
         for step in range(self.start_step, len(self)):
@@ -80,14 +80,14 @@ class BatchLoader:
                 # Each batch draws from a generator of its own (seed, epoch, step), not the stream of any
                 # epoch's order, so that a run resumed at this step draws the same. The whole global batch
                 # is augmented, so that W ranks draw what one process would: uint8 work, cheap.
-                generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch, step) ^ 0x5DEECE66D)
+                generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, step) ^ 0x5DEECE66D)
                 x = augment(x, self.augmentation, generator)
             if self.world_size > 1:
                 x, y = x.tensor_split(self.world_size)[self.rank], y.tensor_split(self.world_size)[self.rank]
             yield self.preprocess.from_uint8(x, self.device), y.to(self.device, non_blocking=True)
 
 
-def _mix(seed: int, *parts: int) -> int:
+def mix_seed(seed: int, *parts: int) -> int:
     """A generator seed from a run's seed and counters, below 2**63 whatever the seed."""
     for part in parts:
         seed = (seed * 100_003 + part) % 2**63

@@ -192,6 +192,9 @@ def apply_weights(net: nn.Module, weights: Weights, name: str) -> list[str]:
     net.load_state_dict(keep, strict=False)
     notes = [f"weights from {weights.source}: {len(keep)} of {len(ours)} tensors"]
     if any(k not in keep for k in head_keys):
+        # PyTorch's default Linear initialization (uniform in +-1/sqrt(inputs)): some builders (timm's) scale
+        # a head's range by its outputs, which for 10 classes gives logits large enough to start at a loss of 10.
+        net.get_submodule(head).reset_parameters()
         classes = weights.state.get(f"{head}.weight")
         had = f"the file's head is for {classes.shape[0]:,} classes" if classes is not None else "the file has no head"
         notes.append(f"{had}: a new head {head} for {ours[head + '.weight'].shape[0]:,} classes starts from random "

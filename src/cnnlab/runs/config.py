@@ -68,6 +68,8 @@ class RunConfig:
     cnnlab_version: str = ""
     torch_version: str = ""
     created: str = ""  # ISO time
+    # Transfer learning (training/transfer.py): mode, head, where the weights came from, rate per group.
+    transfer: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # top-level fields of a newer cnnlab, kept as they are
 
     @property
@@ -87,6 +89,7 @@ class RunConfig:
             "train": {**vars(self.train), "device": self.device, "processes": self.processes},
             "precision": vars(self.precision) if self.precision else None,
             "preprocess": self.preprocess.to_dict(),
+            **({"transfer": self.transfer} if self.transfer is not None else {}),
             **self.extra,
         }
 
@@ -113,13 +116,14 @@ class RunConfig:
                                     channels_last=settings.channels_last)
         precision = config.get("precision")
         known = {"format", "cnnlab_version", "torch_version", "created", "model", "parameters", "data", "train",
-                 "precision", "preprocess"}
+                 "precision", "preprocess", "transfer"}
         return cls(
             model=config["model"], parameters=config["parameters"], data=DataConfig(**data), train=settings,
             preprocess=preprocess, device=device, processes=processes,
             precision=Precision(precision["asked"], precision["why"]) if precision else None,
             format=config["format"], cnnlab_version=str(config.get("cnnlab_version", "")),
             torch_version=str(config.get("torch_version", "")), created=str(config.get("created", "")),
+            transfer=config.get("transfer"),
             extra={k: v for k, v in config.items() if k not in known},
         )
 
@@ -152,9 +156,9 @@ NUMBER = (int, float)
 CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
     "format": (int,), "model": (str,), "parameters": (int,), "data": (dict,), "train": (dict,),
     "precision": (dict, NoneType), "preprocess": (dict,), "cnnlab_version": (str,), "torch_version": (str,),
-    "created": (str,),
+    "created": (str,), "transfer": (dict,),
 }
-CONFIG_OPTIONAL = {"precision", "preprocess", "cnnlab_version", "torch_version", "created"}
+CONFIG_OPTIONAL = {"precision", "preprocess", "cnnlab_version", "torch_version", "created", "transfer"}
 DATA_FIELDS: dict[str, tuple[type, ...]] = {
     "dataset": (str,), "classes": (list,), "input_shape": (list,), "mean": (list,), "std": (list,),
     "train_images": (int,), "val_images": (int,), "test_images": (int,),

@@ -182,8 +182,9 @@ class Run:
 
     def build_model(self, weights: bool = True) -> nn.Module:
         """The run's model in eval mode, with its best weights unless `weights` is False."""
-        model = load_model(self.config.model, self.input_shape, len(self.classes), trust_code=self.trust_code,
-                           source=self.path / "config.json")
+        # The model's input, which a pretrained network's preprocessing may resize the data's images to.
+        model = load_model(self.config.model, self.config.preprocess.input_shape, len(self.classes),
+                           trust_code=self.trust_code, source=self.path / "config.json")
         if weights:
             path = self.path / "model.safetensors"
             if not path.exists():

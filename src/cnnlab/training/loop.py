@@ -24,10 +24,12 @@ from cnnlab.training import machine
 from cnnlab.data import ImageData, Split, channel_stats, load_dataset, train_val_split
 from cnnlab.errors import Interrupted, RunError, UsageError
 from cnnlab.data.preprocess import Preprocess
-from cnnlab.inspect.evaluate import evaluate_model, load_run_data
+from cnnlab.inspect.evaluate import evaluate_model, evaluation_of, load_run_data
 from cnnlab.views.formatting import summary_table
 from cnnlab.training.lock import hold_run_folder
 from cnnlab.models import load_model, short_name, stored_ref
+from cnnlab.models.famous import famous
+from cnnlab.models.pretrained import head_name, imagenet_preprocess
 from cnnlab.training.recipes import settings_for
 from cnnlab.runs.config import DataConfig, Precision, RunConfig
 from cnnlab.runs.folder import (
@@ -38,6 +40,7 @@ from cnnlab.runs.trained import TrainedModel, resolve_device
 from cnnlab.settings import Settings, subset_cap
 from cnnlab.inspect.summary import summarize
 from cnnlab.training.progress import Display
+from cnnlab.training import transfer
 from cnnlab.training.trainer import Epoch, Step, Trainer
 
 
@@ -93,7 +96,15 @@ def train(
     name = dataset if isinstance(dataset, str) else dataset.name
     recipe_model, s = settings_for(recipe, name, settings)
     model = model or recipe_model
+    if s.weights is not None:  # stored absolute: --resume may start from another folder
+        s.weights = str(Path(s.weights).expanduser().resolve())
+    imagenet = transfer.imagenet_input(model, s)
+    # A pretrained network reads the data's images at their size and fits them to its own input as it goes
+    # (--image-size chooses that input, 224 by default); a famous one takes colour images.
+    model_size, image_size = (image_size or 224, None) if imagenet else (None, image_size)
+    channels = 3 if channels is None and famous(model) else channels
     with distributed.session(resolve_device(device)) as ctx:
+        transfer.check_run(s, ctx.world_size)
         if s.batch_size % ctx.world_size:
             raise UsageError(
                 f"the batch size {s.batch_size} does not split evenly over {ctx.world_size} processes; "
@@ -126,8 +137,12 @@ def train(
         if len(fit) < ctx.world_size:
             raise UsageError(f"{len(fit)} training images cannot be shared among {ctx.world_size} processes")
         mean, std = channel_stats(fit.x) if s.normalize else ([0.0] * fit.x.shape[1], [1.0] * fit.x.shape[1])
+        preprocess = (imagenet_preprocess(model_size, s.channels_last) if imagenet else
+                      Preprocess(tuple(dataset.input_shape), tuple(mean), tuple(std),  # type: ignore[arg-type]
+                                 channels_last=s.channels_last))
         torch.manual_seed(s.seed)
-        net = load_model(ref, dataset.input_shape, dataset.num_classes)
+        net = load_model(ref, preprocess.input_shape, dataset.num_classes)
+        notes = transfer.start_weights(net, model, s)
         config = RunConfig(
             model=ref,
             parameters=sum(p.numel() for p in net.parameters()),
@@ -139,8 +154,8 @@ def train(
                 train_images=len(fit), val_images=len(val), test_images=len(dataset.test),
             ),
             train=s,
-            preprocess=Preprocess(tuple(dataset.input_shape), tuple(mean), tuple(std),  # type: ignore[arg-type]
-                                  channels_last=s.channels_last),
+            preprocess=preprocess,
+            transfer=transfer.describe(s, head_name(net), notes) if notes or s.transfer != "whole" else None,
             device=device, processes=ctx.world_size, precision=Precision(asked, choice.why),
             cnnlab_version=__version__, torch_version=torch.__version__,
             created=datetime.now().isoformat(timespec="seconds"),
@@ -193,6 +208,8 @@ def resume(run: str | Path | Run, epochs: int | None = None, device: str = "auto
         if state is None:
             torch.manual_seed(s.seed)  # the same first weights as the run began with
         net = previous.build_model(weights=False)
+        if state is None:
+            transfer.start_weights(net, config.model, s)
         target = distributed.rank_device(resolve_device(device), ctx)
         _check_precision(s, target)
         distributed.barrier(ctx)  # every rank has read config.json before rank 0 rewrites it
@@ -260,11 +277,21 @@ def _fit(
     and writes. Should rank 0 fail, its process exits and torchrun stops the others.
     """
     s = config.train
-    trainer = Trainer(net, config, fit, val, dataset.test, out, device, state, ctx)
-    summary = summarize(net, tuple(dataset.input_shape), name=short_name(config.model))
+    display = Display(verbose and ctx.is_main, s.epochs)
+    features = None
+    if s.transfer != "whole":
+        head = head_name(net)
+        # Frozen where the run starts: the summary counts trainable and frozen parameters from this.
+        transfer.set_frozen(net, head, transfer.frozen_in(s, state["epoch"] if state else 0))
+        if s.transfer == "features":
+            net.to(device, memory_format=torch.channels_last if s.channels_last else torch.preserve_format)
+            features = transfer.cached_features(net, head, config.preprocess, {"fit": fit, "val": val,
+                                                "test": dataset.test}, device, s.precision == "bf16",
+                                                say=lambda text: display.print(text, markup=False))
+    trainer = Trainer(net, config, fit, val, dataset.test, out, device, state, ctx, features)
+    summary = summarize(net, tuple(config.preprocess.input_shape), name=short_name(config.model))
     if ctx.is_main:
         write_text(out / "summary.txt", summary_table(summary, explain=True) + "\n")
-    display = Display(verbose and ctx.is_main, s.epochs)
     display.print(summary_table(summary) + "\n", markup=False)
     display.print(
         f"[bold]{escape(short_name(config.model))}[/] on [bold]{escape(dataset.name)}[/]: "
@@ -313,19 +340,19 @@ def _fit(
     if not ctx.is_main:
         distributed.barrier(ctx)  # rank 0 tests the model and writes metrics.json
         return None
-    run = _finish(net, dataset, config, out, trainer.history, trainer.best_epoch, device, display)
+    run = _finish(net, dataset, config, out, trainer, device, display)
     distributed.barrier(ctx)
     return run
 
 
-def _finish(
-    net: torch.nn.Module, dataset: ImageData, config: RunConfig, out: Path,
-    history: list[dict[str, float]], best_epoch: int, device: torch.device, display: Display,
-) -> Run:
+def _finish(net: torch.nn.Module, dataset: ImageData, config: RunConfig, out: Path, trainer: Trainer,
+            device: torch.device, display: Display) -> Run:
     """Evaluate the best weights on the test split (and extra splits), write metrics.json."""
+    history, best_epoch = trainer.history, trainer.best_epoch
     load_safetensors(net, out / "model.safetensors", device=str(device))  # the best epoch's, not the last
     model = TrainedModel(net, config.preprocess, dataset.classes, config.train.tta, device=device)
-    test = evaluate_model(model, dataset.test, "test")
+    cached = trainer.feature_logits()  # a head trained on cached features is tested on them too
+    test = evaluation_of(*cached, dataset.classes) if cached else evaluate_model(model, dataset.test, "test")
     extra = {name: evaluate_model(model, split, name).accuracy for name, split in dataset.extra.items()}
     metrics = {
         **test.to_dict(),

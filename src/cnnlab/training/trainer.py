@@ -25,12 +25,13 @@ import torch.nn.functional as F
 
 from cnnlab.data import BatchLoader, Split
 from cnnlab.errors import RunError, TrainingError
-from cnnlab.inspect.evaluate import loss_and_accuracy
+from cnnlab.inspect.evaluate import collect_logits, loss_and_accuracy
 from cnnlab.runs.config import RunConfig
 from cnnlab.runs.folder import save_checkpoint
 from cnnlab.runs.trained import EVAL_BATCH, judged
 from cnnlab.settings import load_optimizer_state, lr_factor, make_optimizer
-from cnnlab.training import distributed
+from cnnlab.models.pretrained import head_name
+from cnnlab.training import distributed, transfer
 
 # The running loss and accuracy are read (a wait for the device) every this many steps, and at an epoch's end.
 SYNC_STEPS = 20
@@ -62,7 +63,10 @@ class Trainer:
     """The model, optimizer, schedule and loaders of a run, from scratch or from a checkpoint's state."""
 
     def __init__(self, net: torch.nn.Module, config: RunConfig, fit: Split, val: Split, test: Split, out: Path,
-                 device: torch.device, state: dict[str, Any] | None, ctx: distributed.Context) -> None:
+                 device: torch.device, state: dict[str, Any] | None, ctx: distributed.Context,
+                 features: dict[str, torch.Tensor] | None = None) -> None:
+        """`features`: the frozen backbone's features of "fit", "val" and "test" (transfer.py), when the head
+        alone trains on them (--freeze backbone); otherwise the network trains on images."""
         self.s = s = config.train
         self.net, self.out, self.device, self.ctx, self.fit = net, out, device, ctx, fit
         if s.threads or ctx.local_world_size > 1:
@@ -70,15 +74,24 @@ class Trainer:
         net.to(device)
         if s.channels_last:
             net.to(memory_format=torch.channels_last)
-        self.model = distributed.wrap(net, ctx, device)  # what trains; `net` is what is saved and validated
+        self.head = head_name(net) if s.transfer != "whole" else None
+        self.features = features
+        # What trains and is validated: the head on cached features, or the whole network; `net` is what is saved.
+        self.trained = transfer.head_module(net, self.head) if features is not None else net
+        self.model = distributed.wrap(self.trained, ctx, device)
         if s.compile:
             self.model = torch.compile(self.model)
-        self.optimizer = make_optimizer(net, s)
+        self.optimizer = make_optimizer(self.trained, s, head=self.head if s.transfer == "fine-tune" else None)
         pre = config.preprocess
-        self.train_loader = BatchLoader(fit, s.batch_size, pre, shuffle=True, seed=s.seed, device=device,
-                                        augmentation=s.augment, rank=ctx.rank, world_size=ctx.world_size)
-        self.val_loader = BatchLoader(val, EVAL_BATCH, pre, device=device)
-        self.test_loader = BatchLoader(test, EVAL_BATCH, pre, device=device)
+        if features is not None:
+            self.train_loader = transfer.FeatureLoader(features["fit"], fit, s.batch_size, True, s.seed, device)
+            self.val_loader = transfer.FeatureLoader(features["val"], val, EVAL_BATCH, device=device)
+            self.test_loader = transfer.FeatureLoader(features["test"], test, EVAL_BATCH, device=device)
+        else:
+            self.train_loader = BatchLoader(fit, s.batch_size, pre, shuffle=True, seed=s.seed, device=device,
+                                            augmentation=s.augment, rank=ctx.rank, world_size=ctx.world_size)
+            self.val_loader = BatchLoader(val, EVAL_BATCH, pre, device=device)
+            self.test_loader = BatchLoader(test, EVAL_BATCH, pre, device=device)
         self.total_steps = len(self.train_loader) * s.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.total_steps, s))
@@ -101,7 +114,7 @@ class Trainer:
         if "scheduler" in state:  # runs from before schedules existed had a constant rate
             self.scheduler.load_state_dict(state["scheduler"])
         for group in self.optimizer.param_groups:  # the rate at this step of the schedule over the (new) epochs
-            group["lr"] = self.s.lr * lr_factor(self.scheduler.last_epoch, self.total_steps, self.s)
+            group["lr"] = group["initial_lr"] * lr_factor(self.scheduler.last_epoch, self.total_steps, self.s)
         torch.set_rng_state(state["rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -133,6 +146,13 @@ class Trainer:
         )
         self.saved_at = self.point(epochs_done, step)
 
+    def feature_logits(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The head's test logits (N, classes) and labels from the cached features, when it trained on them:
+        the whole network's answer without running the backbone over the test images again."""
+        if self.features is None:
+            return None
+        return collect_logits(self.trained, self.test_loader)
+
     def finite(self) -> bool:
         """Whether this rank's running loss is a number (a diverged state never replaces a good checkpoint)."""
         return math.isfinite(self._totals[0].item())
@@ -149,6 +169,8 @@ class Trainer:
         for epoch in range(self.start, self.start if stopped else s.epochs):
             first = self.start_step if epoch == self.start else 0
             model.train()
+            if self.head is not None and self.features is None:  # fine-tuning: is the backbone frozen this epoch?
+                transfer.set_frozen(self.net, self.head, transfer.frozen_in(s, epoch))
             loader.set_epoch(epoch, first)
             self._started = time.perf_counter()
             self._totals = torch.zeros(3, device=device)  # loss sum, correct, images: this rank's share
@@ -167,7 +189,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 (loss_sum * (ctx.world_size / n_global)).backward()
                 self.optimizer.step()
-                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used, for the history
+                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used (the head's), for the history
                 self.scheduler.step()
                 self._totals[0] += loss_sum.detach()
                 self._totals[1] += (logits.argmax(1) == y).sum()
@@ -193,9 +215,9 @@ class Trainer:
         # but batch norm's running statistics are each rank's own, so their validation would differ
         # and they could disagree on the best epoch or on stopping early.
         if self.ctx.is_main:
-            row["val_loss"], row["val_accuracy"] = loss_and_accuracy(judged(self.net, self.s.tta), self.val_loader)
+            row["val_loss"], row["val_accuracy"] = loss_and_accuracy(judged(self.trained, self.s.tta), self.val_loader)
             if self.s.watch_test:  # to see when a recipe reaches an accuracy; outside the timing
-                row["test_accuracy"] = loss_and_accuracy(judged(self.net, self.s.tta), self.test_loader)[1]
+                row["test_accuracy"] = loss_and_accuracy(judged(self.trained, self.s.tta), self.test_loader)[1]
         row = distributed.from_main(row, self.ctx)
         self.history.append(row)
         # Keep the weights with the lowest validation loss; without a validation split, the last.
