@@ -59,8 +59,9 @@ def test_training_writes_a_self_contained_report(page):
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     assert "<script" not in page  # nothing to run
     pictures = images_of(page)
-    # 1 curves + 1 confusion + 16 top losses + 3 x 10 samples + 1 filters + 3 x (image + 2 layers) + 1 CAM
-    assert len(pictures) == 1 + 1 + 16 + 30 + 1 + 9 + 1
+    # 1 curves + 1 confusion + 16 top losses + 10 samples and 2 draws of each of the 6 augmentation items shown
+    # for a grey run without augmentation, 10 each + 1 filters + 3 x (image + 2 layers) + 1 CAM
+    assert len(pictures) == 1 + 1 + 16 + 10 + 6 * 2 * 10 + 1 + 9 + 1
     assert all(p.width > 0 and p.height > 0 for p in pictures)
 
 

@@ -53,8 +53,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, help="learning rate over the run (default constant)")
     p.add_argument("--warmup", type=float, help="share of the steps the rate rises over, from lr/10 (default 0)")
     p.add_argument("--label-smoothing", type=float, help="share of the target spread over all classes (default 0)")
-    p.add_argument("--augment", choices=AUGMENTS, help="batch augmentation (default none; crop: shifts of up to "
-                   "2 pixels)")
+    p.add_argument("--augment", metavar="SPEC", help="augmentation: none (the default), or items applied in turn, "
+                   f"each image with its own draw: {', '.join(AUGMENTS)}; e.g. 'flip, rotation(15), crop(4)' "
+                   "(crop+flip means crop, flip)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="test-time augmentation: validate, test "
                    "and predict on each image and its mirror image, averaged (for data where a mirror image is "
                    "the same class)")

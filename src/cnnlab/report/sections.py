@@ -22,7 +22,8 @@ from cnnlab.inspect import inside
 from cnnlab.views import viz
 from cnnlab.inspect.cam import Cam
 from cnnlab.data import ImageData, images
-from cnnlab.data.augment import augment
+from cnnlab.augment_spec import parse_augment
+from cnnlab.data.augment import apply, augment, describe, draw
 from cnnlab.inspect.evaluate import Evaluation, collect_logits, evaluation_of
 from cnnlab.errors import UsageError
 from cnnlab.views.formatting import loss, percent
@@ -187,17 +188,29 @@ def losses_section(f: Findings) -> Markup:
 
 
 def augmentation_section(f: Findings) -> Markup:
+    """Each item of the run's --augment spec on the same images, twice, each image captioned with its own
+    draw; then the whole spec as training applied it. A run without augmentation shows every item."""
     train = f.data.train
     chosen = one_per_class(train.y, 10)
     x = train.x[chosen]  # (n, C, H, W) uint8
-    mode = f.run.config.train.augment
-    note = f"as this run trained (--augment {mode})"
-    if mode == "none":
-        mode, note = "crop+flip", "this run trained without augmentation; shown: what --augment crop+flip would do"
-    generator = torch.Generator().manual_seed(f.run.config.train.seed)
-    batches = [("training images", x)] + [(f"augmented, draw {d}", augment(x, mode, generator)) for d in (1, 2)]
     names = [f.run.classes[int(c)] for c in train.y[chosen]]
-    rows = [(label, captioned(batch, names)) for label, batch in batches]
+    text = f.run.config.train.augment
+    spec, note = parse_augment(text), f"as this run trained (--augment {text})"
+    trained = bool(spec.items)
+    if not trained:  # every item, strong enough to see; one-channel images have no colour to jitter or take away
+        demo = "flip, vflip, crop(4), rotation(30), scale(0.25), " + (
+            "jitter(0.4, 0.4)" if x.shape[1] == 1 else "jitter(0.4, 0.4, 0.4, 0.1), grayscale(0.5)")
+        spec = parse_augment(demo)
+        note = f"this run trained without augmentation; shown: what each item of --augment '{spec}' would do"
+    generator = torch.Generator().manual_seed(f.run.config.train.seed)
+    rows = [("training images", captioned(x, names))]
+    for item in spec.items:
+        for d in (1, 2):
+            params = draw(item, len(x), generator)  # (n, ...): one draw per image
+            captions = [f"{name}: {describe(item, p)}" for name, p in zip(names, params)]
+            rows.append((f"{item}, draw {d}", captioned(apply(x, item, params), captions)))
+    if trained and len(spec.items) > 1:
+        rows += [(f"the whole spec, draw {d}", captioned(augment(x, spec, generator), names)) for d in (1, 2)]
     return from_template("sections/augmentation.html.j2", note=note, rows=rows)
 
 
