@@ -1,13 +1,27 @@
-"""Batch augmentation and the loader's sharding across ranks, checked against plain indexing."""
+"""Batch augmentation and the loader's sharding across ranks, checked against plain indexing; the
+augmentation spec (issue 19): parsing, each item's effect, a draw per image, the old names bit for bit."""
 
+import hashlib
+import json
+import math
+from types import SimpleNamespace
+
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 
+import cnnlab
+from cnnlab.augment_spec import FORMS, parse_augment
+from cnnlab.cli.main import build_parser, main
 from cnnlab.data import BatchLoader, Split
-from cnnlab.data.augment import augment, random_crop, random_flip
+from cnnlab.data.augment import apply, augment, describe, draw, random_crop, random_flip
 from cnnlab.data.preprocess import Preprocess
 from cnnlab.errors import UsageError
+from cnnlab.report.sections import augmentation_section
+from cnnlab.settings import Settings
 
 
 PLAIN = Preprocess((3, 9, 7))  # only / 255
@@ -98,20 +112,6 @@ def test_rank_must_be_one_of_the_processes():
 
 # --- the augmentation spec (issue 19): lecture 002's transforms, each image drawn on its own ---------------
 
-import hashlib  # noqa: E402  (the spec tests' imports, kept beside them)
-import math  # noqa: E402
-import json  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
-
-import torchvision.transforms.v2.functional as TF  # noqa: E402
-
-import cnnlab  # noqa: E402
-from cnnlab.augment_spec import FORMS, parse_augment  # noqa: E402
-from cnnlab.cli.main import build_parser, main  # noqa: E402
-from cnnlab.data.augment import apply, describe, draw  # noqa: E402
-from cnnlab.report.sections import augmentation_section  # noqa: E402
-from cnnlab.settings import Settings  # noqa: E402
-
 EVERY = "flip, vflip, crop(4), rotation(15), scale(0.2), jitter(0.2, 0.2, 0.2, 0.05), grayscale(0.5)"
 
 
@@ -177,6 +177,16 @@ def test_a_spec_keeps_its_values_and_order():
 def test_a_bad_spec_says_what_is_wrong(text, message):
     with pytest.raises(UsageError, match=message):
         parse_augment(text)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.text(alphabet="flipvcrotajrsegyn(),=.0123456789+- ", max_size=40) | st.text(max_size=20))
+def test_any_text_is_a_spec_or_a_usage_error(text):
+    try:
+        spec = parse_augment(text)
+    except UsageError:
+        return
+    assert parse_augment(str(spec)) == spec
 
 
 def test_an_unknown_item_lists_the_valid_ones():
@@ -311,7 +321,7 @@ def _findings(x, augment_text, classes=("a", "b", "c", "d")):
 
 
 def test_the_report_shows_each_item_with_each_images_draw():
-    page = augmentation_section(_findings(_batch(n=8, h=16, w=16), "crop+flip, rotation(20)".replace("+", ", ")))
+    page = augmentation_section(_findings(_batch(n=8, h=16, w=16), "crop, flip, rotation(20)"))
     assert "as this run trained (--augment crop, flip, rotation(20))" in page
     for row in ("crop, draw 1", "flip, draw 2", "rotation(20), draw 1", "the whole spec, draw 2"):
         assert f"<h4>{row}</h4>" in page
