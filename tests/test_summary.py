@@ -17,6 +17,7 @@ from cnnlab import build, list_models
 from cnnlab.errors import ArchitectureError, ArchitectureWarning, ModelError, UsageError
 from cnnlab.views.formatting import nbytes, summary_table
 from cnnlab.models import model_info
+from cnnlab.models.famous import famous
 from cnnlab.inspect.summary import summarize, summary
 
 LECTURE_CNN = "conv(64,3) maxpool(2) relu conv(128,3) maxpool(2) relu flatten linear(200) relu linear(10)"
@@ -38,14 +39,18 @@ def real_shapes(model: nn.Module, shape: tuple[int, ...]) -> list[tuple[str, tup
 
 def check_parity(model: nn.Module, shape: tuple[int, ...], mult_adds: bool = True) -> None:
     s = summarize(model, shape)
-    assert [(r.name, r.out_shape) for r in s.rows if r.leaf] == real_shapes(model, shape)
+    assert [(r.name, r.out_shape) for r in s.rows if r.leaf and r.module] == real_shapes(model, shape)
     info = torchinfo.summary(model, input_size=(1, *shape), verbose=0)
     assert (s.total_params, s.trainable_params) == (info.total_params, info.trainable_params)
     if mult_adds:
-        assert s.mult_adds == info.total_mult_adds
+        # torchinfo adds up leaf modules only; cnnlab also counts a module's own work beside its children
+        # (timm's BatchNormAct2d: a batch norm that calls its activation module)
+        own = sum(r.mult_adds - sum(c.mult_adds for c in r.children) for r in s.rows if not r.leaf)
+        assert s.mult_adds == info.total_mult_adds + own
 
 
-@pytest.mark.parametrize("name", list_models())
+# The famous ImageNet networks are checked in test_famous.py, each built once.
+@pytest.mark.parametrize("name", [n for n in list_models() if famous(n) is None])
 def test_every_registered_model_matches_a_forward_pass_and_torchinfo(name):
     shape = model_info(name).input_shape
     check_parity(build_registered(name, shape), shape)
@@ -150,6 +155,32 @@ def test_receptive_field_through_a_residual_add_and_a_reused_module():
     assert rows[("b", 1)].receptive == "5" and rows[("relu", 2)].receptive == "5"  # the widest branch
     assert rows[("relu", 2)].params == 0 and s.total_params == 20
     assert "relu (call 2)" in summary_table(s)
+    add = rows[("+ residual", 1)]  # the addition in the model's own forward, between b and relu's second call
+    assert [r.name for r in s.rows][3:6] == ["b", "+ residual", "relu"]
+    assert (add.kind, add.module, add.depth, add.out_shape) == ("add", False, 1, (1, 16, 16))
+    assert add.params == add.mult_adds == 0
+    assert (add.receptive, add.branch_receptive, add.out_bytes) == ("5", ["5", "1"], 16 * 16 * 4)
+    explained = summary_table(s, explain=True)
+    assert ("+ residual  add  1x16x16 + 1x16x16 -> 1x16x16\n    elementwise sum of two 1x16x16 tensors: 256 additions "
+            "per image, no multiplications (no mult-adds), no parameters\n    RF = max(5, 1) = 5") in explained
+    assert "relu (call 2)  ReLU()" in explained
+
+
+class Offsets(nn.Module):
+    """Sums that are no residual: a constant, a parameter, a broadcast; and one inside a leaf module's forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.shift = nn.Conv2d(1, 2, 3, padding=1), nn.Parameter(torch.zeros(2, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)  # (N, 2, H, W)
+        return (y + 1) + self.shift + y.mean(dim=1, keepdim=True)
+
+
+def test_only_sums_of_two_same_shape_branches_are_residual_rows():
+    assert [r.kind for r in summarize(Offsets(), (1, 8, 8)).rows] == ["Offsets", "Conv2d"]
+    assert all(r.module for r in summary(LECTURE_CNN, "1x28x28").rows)
 
 
 class Functional(nn.Module):
@@ -213,7 +244,12 @@ def test_frozen_parameters():
         p.requires_grad = False
     s = summarize(model, (1, 28, 28))
     assert (s.frozen_params, s.trainable_params) == (640, 716_066)
-    assert "frozen" in summary_table(s).splitlines()[2]
+    lines = summary_table(s).splitlines()
+    assert "trainable" in lines[2]
+    assert lines[4].split()[-7:-5] == ["640", "no"] and lines[7].split()[-7:-5] == ["73,856", "yes"]
+    assert "Parameters: 716,706 (716.71 k): trainable 716,066, frozen 640" in lines
+    model.conv2.bias.requires_grad = False
+    assert "73,728 of 73,856" in summary_table(summarize(model, (1, 28, 28)))
 
 
 def test_batchnorm_buffers_are_not_parameters():

@@ -5,8 +5,8 @@ milliseconds and the model's own weights are never touched; a small model's pass
 which costs less than the meta device's first use (see `models.shapes.small_enough`). Parameters are counted on the real
 model, each tensor once. Before each layer runs, `arithmetic.layer_math` checks that it can take its
 input, so an impossible architecture is reported with the layer's name, formula and a fix. The
-receptive field follows tensors through every torch function (a TorchFunctionMode), so it is right
-for branches and residual additions, not only for a plain chain of layers.
+receptive field follows tensors through every torch function (inspect/fields.py), so it is right
+for branches and residual additions, and each residual addition (a tensor op no hook sees) is a row.
 """
 
 from __future__ import annotations
@@ -17,26 +17,25 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from cnnlab.teach.arithmetic import LayerMath, Shape, as_pair, layer_math, receptive_field, shape_text
+from cnnlab.teach.arithmetic import LayerMath, Shape, layer_math, shape_text
 from cnnlab.errors import ArchitectureError, ModelError, UsageError
+from cnnlab.inspect.fields import Field, FieldTracker, field_text, jump_text
 from cnnlab.models import load_model, model_info, short_name
+from cnnlab.models.famous import famous
 from cnnlab.models.refs import kind_of
 from cnnlab.models.shapes import evaluating, first_shape, probe_pass, small_enough, zeros_input
 from cnnlab.models.spec import load, parse_shape
 from cnnlab.views.formatting import summary_table
 
-Field = tuple[tuple[float, float], tuple[float, float], bool]  # (receptive field, jump, global) on the input
-
 
 @dataclass
 class Row:
-    """One call of one module."""
+    """One call of one module, or one residual addition between modules (`module` False, kind "add")."""
 
-    name: str  # dotted path, as in model.named_modules(); "" for the model itself
-    kind: str  # class name
+    name: str  # dotted path, as in model.named_modules(); "" for the model itself; "layer1.0 + residual"
+    kind: str  # class name; "add" for a residual addition
     depth: int
     in_shape: Shape | None = None
     out_shape: Shape | None = None  # one sample (no batch dimension); the first tensor of a tuple
@@ -50,6 +49,8 @@ class Row:
     detail: str = ""  # the module's extra_repr, e.g. "1, 64, kernel_size=(3, 3), stride=(1, 1)"
     leaf: bool = True
     children: list[Row] = field(default_factory=list, repr=False)
+    module: bool = True  # False for a residual addition: a tensor op in its block's forward, not a module
+    branches: list[Field] = field(default_factory=list)  # an addition's operands' receptive fields
 
     @property
     def window(self) -> str:
@@ -57,19 +58,16 @@ class Row:
 
     @property
     def receptive(self) -> str:
-        if self.reach is None:
-            return ""
-        (rh, rw), (jh, jw), is_global = self.reach
-        if is_global:
-            return "all"
-        return f"{rh:g}" if rh == rw else f"{rh:g}x{rw:g}"
+        return field_text(self.reach)
 
     @property
     def jump(self) -> str:
-        if self.reach is None or self.reach[2]:
-            return ""
-        jh, jw = self.reach[1]
-        return f"{jh:g}" if jh == jw else f"{jh:g}x{jw:g}"
+        return jump_text(self.reach)
+
+    @property
+    def branch_receptive(self) -> list[str]:
+        """An addition's operands' receptive fields as the table shows them: ["27", "11"]."""
+        return [field_text(b) for b in self.branches]
 
 
 @dataclass
@@ -113,91 +111,6 @@ def _nbytes(value: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor))
 
 
-# Functions with a window, and where their arguments sit: (kernel from the weight?, kernel, stride,
-# dilation) positions after the input. Their module forms (nn.Conv2d, nn.MaxPool2d, ...) call them.
-_WINDOWED = {
-    "conv2d": ("weight", 1, 3, 5), "conv_transpose2d": ("weight", 1, 3, 7),
-    "max_pool2d": ("size", 1, 2, 4), "_max_pool2d": ("size", 1, 2, 4), "max_pool2d_with_indices": ("size", 1, 2, 4),
-    "avg_pool2d": ("size", 1, 2, None),
-}
-_ADAPTIVE = ("adaptive_avg_pool2d", "adaptive_max_pool2d", "_adaptive_max_pool2d", "adaptive_max_pool2d_with_indices")
-_REDUCTIONS = ("mean", "sum", "amax", "amin", "max", "min", "logsumexp")
-
-
-def _arg(args: tuple, kwargs: dict, index: int | None, name: str, default: Any) -> Any:
-    if index is not None and index < len(args):
-        return args[index]
-    return kwargs.get(name, default)
-
-
-class _FieldTracker(TorchFunctionMode):
-    """Carries each tensor's receptive field and jump through every torch function.
-
-    Convolutions and pooling (module or functional) grow it by their window; global pooling,
-    a spatial mean and a linear layer on flat features make it "all"; any other op takes the
-    widest of its inputs, which is right for activations, additions and concatenations.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.known: dict[int, Field] = {}
-        self.keep: list[torch.Tensor] = []  # ids stay unique only while the tensors live
-
-    def get(self, value: Any) -> Field | None:
-        found = [self.known[id(t)] for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor) and id(t) in self.known]
-        if not found:
-            return None
-        rf = (max(f[0][0] for f in found), max(f[0][1] for f in found))
-        jump = (max(f[1][0] for f in found), max(f[1][1] for f in found))
-        return rf, jump, any(f[2] for f in found)
-
-    def set(self, value: Any, fld: Field | None) -> None:
-        if fld is None:
-            return
-        for t in tree_flatten(value)[0]:
-            if isinstance(t, torch.Tensor):
-                self.known[id(t)] = fld
-                self.keep.append(t)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if isinstance(out, (torch.Tensor, tuple, list)):
-            fld = self.get((args, kwargs))  # in place (x += y) merges into x's own field
-            if fld is not None and args and isinstance(args[0], torch.Tensor):
-                fld = self._through(getattr(func, "__name__", ""), args, kwargs, fld)
-            self.set(out, fld)
-        return out
-
-    @staticmethod
-    def _through(name: str, args: tuple, kwargs: dict, fld: Field) -> Field:
-        rf, jump, is_global = fld
-        x = args[0]
-        if is_global or x.dim() != 4:
-            return (rf, jump, True) if name == "linear" and x.dim() == 2 else fld
-        if name in _ADAPTIVE:
-            size = _arg(args, kwargs, 1, "output_size", 1)
-            return (rf, jump, True) if size in (1, (1, 1), [1, 1]) else fld
-        if name in _REDUCTIONS:
-            dims = _arg(args, kwargs, 1, "dim", None)
-            dims = {d % 4 for d in ((dims,) if isinstance(dims, int) else dims)} if dims is not None else {2, 3}
-            return (rf, jump, True) if {2, 3} <= dims else fld
-        if name not in _WINDOWED:
-            return fld
-        source, k_at, s_at, d_at = _WINDOWED[name]
-        if source == "weight":
-            kernel = tuple(args[1].shape[-2:]) if len(args) > 1 else tuple(kwargs["weight"].shape[-2:])
-        else:
-            kernel = _arg(args, kwargs, k_at, "kernel_size", 1)
-        stride = _arg(args, kwargs, s_at, "stride", None if source == "size" else 1)
-        stride = stride if stride not in (None, (), []) else kernel  # pooling: the stride defaults to the kernel
-        dilation = as_pair(_arg(args, kwargs, d_at, "dilation", 1)) if d_at is not None else (1, 1)
-        k = as_pair(kernel)
-        extent = (dilation[0] * (k[0] - 1) + 1, dilation[1] * (k[1] - 1) + 1)
-        rf, jump = receptive_field(rf, jump, extent, as_pair(stride), transposed=name == "conv_transpose2d")
-        return rf, jump, False
-
-
 def _count(params: Any, seen: set[int]) -> tuple[int, int]:
     """Numbers of values in `params` (all, frozen), skipping tensors already in `seen`."""
     total = frozen = 0
@@ -220,22 +133,25 @@ def summarize(model: nn.Module, input_shape: Shape, batch_size: int = 1, name: s
     with evaluating(model):  # batch norm on one sample only works in eval mode
         try:
             if small_enough(model, input_shape, batch_size):
-                rows, output = _trace(model, input_shape, batch_size, meta=False)
+                rows, output, gates = _trace(model, input_shape, batch_size, meta=False)
             else:
-                rows, output = _trace(model, input_shape, batch_size, meta=True)
+                rows, output, gates = _trace(model, input_shape, batch_size, meta=True)
         except (ArchitectureError, ModelError):
             raise
         except Exception:  # noqa: BLE001  (retried for real; a real failure is reported from there)
-            rows, output = _trace(model, input_shape, batch_size, meta=False)
+            rows, output, gates = _trace(model, input_shape, batch_size, meta=False)
 
     notes = _shared_notes(model)
     params = list({id(p): p for p in model.parameters()}.values())
     unused = sum(p.numel() for p in params) - rows[0].params  # rows[0] is the model itself
     if unused > 0:
         notes.append(f"{unused:,} parameters belong to modules the forward pass does not call; they count in the totals")
+    if gates:
+        notes.append(f"RF is each feature map's own window: {gates} squeeze-and-excitation "
+                     f"gate{'s' if gates > 1 else ''} also scale channels by weights pooled from the whole image")
     buffers = list(model.buffers())
     leaves = [r for r in rows if r.leaf]
-    warnings = [f"{r.name} ({r.kind}): {w}" for r in leaves for w in (r.math.warnings if r.math else [])]
+    warnings = [f"{r.name} ({r.kind}): {w}" for r in rows for w in (r.math.warnings if r.math else [])]
     return Summary(
         model=name or type(model).__name__, input_shape=input_shape, batch_size=batch_size, rows=rows,
         total_params=sum(p.numel() for p in params),
@@ -245,20 +161,22 @@ def summarize(model: nn.Module, input_shape: Shape, batch_size: int = 1, name: s
         buffer_bytes=sum(b.numel() * b.element_size() for b in buffers),
         input_bytes=batch_size * math.prod(input_shape) * _input_itemsize(model),
         activation_bytes=sum(r.out_bytes for r in leaves),
-        mult_adds=sum(r.mult_adds for r in leaves),
+        # each row's own work: a leaf's, or what a module with its own weights and children does itself
+        # (timm's BatchNormAct2d normalizes, then calls its activation)
+        mult_adds=sum(r.mult_adds - sum(c.mult_adds for c in r.children) for r in rows),
         shared=notes, warnings=list(dict.fromkeys(warnings)), output_shape=first_shape(output),
     )
 
 
-def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) -> tuple[list[Row], Any]:
+def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) -> tuple[list[Row], Any, int]:
+    """(every row in execution order, the output, the number of channel gates left out of the fields)."""
     names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
     # Each module's own parameters, read now: during functional_call the modules hold meta stand-ins.
     own = {id(m): list(m.parameters(recurse=False)) for _, m in model.named_modules(remove_duplicate=False)}
     rows: list[Row] = []
     stack: list[Row] = []
-    calls: dict[int, int] = {}
+    calls: dict[int | str, int] = {}  # a module's calls by id, an addition's by its row name
     counted: set[int] = set()  # parameters already counted in a row
-    tracker = _FieldTracker()
 
     def pre(module: nn.Module, args: tuple) -> None:
         path = names[id(module)]
@@ -270,7 +188,8 @@ def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) ->
             stack[-1].children.append(row)
         stack.append(row)
         rows.append(row)
-        if row.leaf and row.in_shape is not None:
+        # A module with children and weights of its own (timm's BatchNormAct2d) has its own arithmetic too.
+        if (row.leaf or own[id(module)]) and row.in_shape is not None:
             try:
                 row.math = layer_math(module, row.in_shape)
             except ArchitectureError as exc:
@@ -286,12 +205,27 @@ def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) ->
         if row.leaf:
             row.out_bytes = _nbytes(output)
             row.mult_adds = row.math.mult_adds * batch_size if row.math else _other_mult_adds(module, output)
-        else:  # a container: the sums of what it contains
+        else:  # a container: the sums of what it contains, and its own arithmetic if it has any
             row.params += sum(c.params for c in row.children)
             row.frozen += sum(c.frozen for c in row.children)
-            row.mult_adds = sum(c.mult_adds for c in row.children)
+            own_work = row.math.mult_adds * batch_size if row.math else 0
+            row.mult_adds = own_work + sum(c.mult_adds for c in row.children)
             row.out_bytes = sum(c.out_bytes for c in row.children)
 
+    def residual(operands: tuple[torch.Tensor, torch.Tensor], output: Any, branches: list[Field]) -> None:
+        """A row for a sum of two branches in a block's own forward (inside a leaf module it is that layer's)."""
+        if not stack or stack[-1].leaf:
+            return
+        block = stack[-1]
+        name = f"{block.name} + residual" if block.name else "+ residual"
+        calls[name] = calls.get(name, 0) + 1
+        row = Row(name, "add", block.depth + 1, in_shape=first_shape(operands[0]), out_shape=first_shape(output),
+                  out_bytes=_nbytes(output), reach=tracker.get(output), call=calls[name], module=False,
+                  branches=branches)  # no parameters; additions are no mult-adds (nor are they in torchinfo's)
+        block.children.append(row)
+        rows.append(row)
+
+    tracker = FieldTracker(on_sum=residual)
     handles = []
     for module in dict.fromkeys(m for _, m in model.named_modules(remove_duplicate=False)):
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
@@ -312,7 +246,7 @@ def _trace(model: nn.Module, input_shape: Shape, batch_size: int, meta: bool) ->
     finally:
         for h in handles:
             h.remove()
-    return rows, output
+    return rows, output, tracker.gates
 
 
 def _other_mult_adds(module: nn.Module, output: Any) -> int:
@@ -359,6 +293,11 @@ def summary(model: str | nn.Module, input_shape: str | Shape | None = None, num_
     shape = parse_shape(input_shape)
     if not 1 <= batch_size <= 1_000_000:  # counts scale with N; a real-zeros trace would need N inputs' memory
         raise UsageError(f"--batch-size must be from 1 to 1,000,000, got {batch_size:,}")
-    net = load_model(model, shape, num_classes)
+    if isinstance(model, str) and famous(model) is not None:
+        # Built on the meta device: initializing VGG16's 138 M weights takes seconds, and a summary reads none.
+        with torch.device("meta"):
+            net = load_model(model, shape, num_classes)
+    else:
+        net = load_model(model, shape, num_classes)
     name = short_name(model) if isinstance(model, str) else type(model).__name__
     return summarize(net, shape, batch_size, name)

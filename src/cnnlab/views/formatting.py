@@ -24,7 +24,7 @@ from cnnlab.errors import UsageError, printable
 if TYPE_CHECKING:  # only for annotations: training imports this module to print its banner
     from cnnlab.training.compare import Comparison
     from cnnlab.inspect.evaluate import Evaluation, Prediction
-    from cnnlab.inspect.summary import Summary
+    from cnnlab.inspect.summary import Row, Summary
 
 FORMATS = ("table", "markdown", "json")
 Column = tuple[str, str, Callable[[Any], str]]  # (key, header, formatter)
@@ -160,19 +160,36 @@ def _shape_text(shape: tuple[int, ...] | None) -> str:
 
 
 def summary_rows(s: Summary, depth: int) -> list[dict[str, Any]]:
-    """The summary's rows down to `depth`, as plain values (what the table and JSON show)."""
+    """The summary's rows down to `depth`, as plain values (what the table and JSON show).
+
+    A row shown with its contents below it counts only what is its own, so the column sums to the
+    total: nothing for a container, a norm layer's weights for timm's BatchNormAct2d (norm + activation).
+    """
     rows = []
     for i, r in enumerate(s.shown(depth), 1):
         expanded = not r.leaf and r.depth < depth
+        params, frozen, mult_adds = r.params, r.frozen, r.mult_adds
+        if expanded:
+            params -= sum(c.params for c in r.children)
+            frozen -= sum(c.frozen for c in r.children)
+            mult_adds -= sum(c.mult_adds for c in r.children)
+        own = not expanded or params > 0
         rows.append({
             "index": i, "name": r.name or s.model, "type": r.kind, "depth": r.depth,
             "output_shape": list(r.out_shape) if r.out_shape is not None else None,
-            "window": r.window, "params": None if expanded else r.params,
-            "frozen": None if expanded else r.frozen, "mult_adds": None if expanded else r.mult_adds,
+            "window": r.window, "params": params if own else None,
+            "frozen": frozen if own else None, "mult_adds": mult_adds if own else None,
             "receptive_field": r.receptive, "jump": r.jump, "output_bytes": r.out_bytes,
             "call": r.call, "formulas": [str(step) for step in r.math.steps] if r.math else [],
         })
     return rows
+
+
+def _trainable(params: int | None, frozen: int | None) -> str:
+    """Whether a row's parameters train: "yes", "no" (all frozen), "640 of 1,280"; "" without parameters."""
+    if not params or frozen is None:
+        return ""
+    return "yes" if not frozen else "no" if frozen == params else f"{params - frozen:,} of {params:,}"
 
 
 def summary_table(s: Summary, fmt: str = "table", depth: int = 3, explain: bool = False) -> str:
@@ -195,10 +212,11 @@ def summary_table(s: Summary, fmt: str = "table", depth: int = 3, explain: bool 
         row["shape"] = _shape_text(tuple(row["output_shape"]) if row["output_shape"] is not None else None)
         row["params_text"] = "" if row["params"] is None else integer(row["params"] or None)
         row["mult_adds_text"] = "" if row["mult_adds"] is None else integer(row["mult_adds"] or None)
+        row["trainable"] = _trainable(row["params"], row["frozen"])
     columns: list[Column] = [
         ("index", "#", integer), ("layer", "layer", plain), ("type", "type", plain), ("shape", "output", plain),
         ("window", "kernel /stride pad", plain), ("params_text", "params", integer_text),
-        *([("frozen", "frozen", integer)] if s.frozen_params else []),
+        *([("trainable", "trainable", plain)] if s.frozen_params else []),  # marks the frozen layers
         ("mult_adds_text", "mult-adds", integer_text), ("receptive_field", "RF", integer_text),
         ("jump", "jump", integer_text), ("output_bytes", "output memory", nbytes),
     ]
@@ -228,17 +246,38 @@ def _summary_footer(s: Summary) -> str:
 
 
 def _explanations(s: Summary) -> str:
-    """Every leaf layer's output size and parameter count as formulas with the numbers filled in."""
+    """Every layer's output size and parameter count, and each residual addition, as formulas with the
+    numbers filled in."""
     blocks = ["How each number comes about:"]
     for r in s.rows:
-        if not r.leaf or r.math is None:
+        name = (r.name or s.model) + (f" (call {r.call})" if r.call > 1 else "")
+        if not r.module:
+            blocks.append(_sum_explanation(name, r))
             continue
-        head = f"{r.name or s.model}  {r.kind}({r.detail})  {_shape_text(r.in_shape)} -> {_shape_text(r.out_shape)}"
-        lines = [f"    {step}" for step in r.math.steps]
-        if not any(step.name == "params" for step in r.math.steps):
+        if r.math is None and not (r.leaf and not r.params and not r.mult_adds and r.in_shape == r.out_shape):
+            continue  # a container, or a layer cnnlab has no formulas for
+        head = f"{name}  {r.kind}({r.detail})  {_shape_text(r.in_shape)} -> {_shape_text(r.out_shape)}"
+        steps = r.math.steps if r.math else []  # an activation cnnlab has no formula for (ReLU6, Hardswish)
+        lines = [f"    {step}" for step in steps]
+        if not any(step.name == "params" for step in steps):
             lines.append("    no parameters" if lines else "    shape unchanged, no parameters")
         blocks.append("\n".join([head, *lines]))
     return "\n\n".join(blocks)
+
+
+def _sum_explanation(name: str, r: Row) -> str:
+    """A residual addition: what is added, and its receptive field as the wider of the two branches'."""
+    shape = _shape_text(r.in_shape)
+    values = math.prod(r.in_shape) if r.in_shape else 0
+    lines = [f"{name}  add  {shape} + {shape} -> {_shape_text(r.out_shape)}",
+             f"    elementwise sum of two {shape} tensors: {values:,} additions per image, no multiplications "
+             "(no mult-adds), no parameters"]
+    branches = r.branch_receptive
+    if r.receptive and r.receptive != "all" and all(b and b != "all" for b in branches):
+        lines.append(f"    RF = max({', '.join(branches)}) = {r.receptive}  (the wider of the two branches)")
+    elif r.receptive:  # a global or unknown branch has no number to take the larger of
+        lines.append(f"    RF = {r.receptive}  (the wider of the two branches: {', '.join(b or '?' for b in branches)})")
+    return "\n".join(lines)
 
 
 def machine_info(facts: dict[str, Any], fmt: str = "table") -> str:
