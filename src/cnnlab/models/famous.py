@@ -84,8 +84,8 @@ def _register(name: str, entry: Famous) -> None:
     def builder(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
         if input_shape[0] != 3:
             # Their first convolution and their weights were made for colour images.
-            raise ArchitectureError(f"{name} takes 3-channel (colour) images, not {input_shape[0]}; "
-                                    "read the dataset with --channels 3")
+            raise ArchitectureError(f"{name} takes 3-channel (colour) images, not {input_shape[0]}; read the "
+                                    "dataset with --channels 3 (train), or give --input 3x224x224 (summary)")
         return entry.build(num_classes)
 
     register_model(name, f"{entry.paper}; torchvision/timm's builder, head {entry.head}", source=entry.paper,
