@@ -121,7 +121,7 @@ class Settings:
         if self.unfreeze_after is not None and not 1 <= self.unfreeze_after < self.epochs:
             raise UsageError(f"--unfreeze-after {self.unfreeze_after} must be at least 1 and fewer than the "
                              f"{self.epochs} --epochs, so that both the head alone and the whole network train")
-        if self.transfer == "features" and (self.augment != "none" or self.tta):
+        if self.transfer == "features" and (parse_augment(self.augment).items or self.tta):
             raise UsageError("--freeze backbone trains the head on features computed once per image, so images are "
                              "never augmented or mirrored: leave out --augment and --tta, or fine-tune with "
                              "--unfreeze-after N, which trains on the images")
