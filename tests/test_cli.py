@@ -16,7 +16,7 @@ from PIL import Image
 from cnnlab.training import machine
 from cnnlab.cli.main import build_parser, main
 
-COMMANDS = ["demo", "train", "evaluate", "predict", "export", "compare", "report", "featuremaps", "filters", "cam", "summary",
+COMMANDS = ["demo", "train", "evaluate", "predict", "features", "export", "compare", "report", "featuremaps", "filters", "cam", "summary",
             "arith", "conv", "pool", "filter", "models", "datasets", "info", "sample-images"]
 
 

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from cnnlab.version import __version__
-from cnnlab.cli import teach as cli_teach
+from cnnlab.cli import inspect as cli_inspect, teach as cli_teach
 
 # Each command imports what it needs inside its function, and the parser is built from torch-free
 # modules (settings.py, recipes.py): `cnnlab --help` and the NumPy teaching commands must not pay for
@@ -29,7 +29,8 @@ def _data_flags(p: argparse.ArgumentParser, dataset: bool = True) -> None:
     p.add_argument("--download", action="store_true", help="download mnist, fashion-mnist or cifar10 with "
                    "torchvision if not found (needs internet)")
     if dataset:
-        p.add_argument("--image-size", type=int, help="resize images to N x N (default: as they are)")
+        p.add_argument("--image-size", type=int, help="resize images to N x N (default: as they are; a network "
+                       "with --pretrained / --weights: its input, default 224)")
         p.add_argument("--channels", type=int, choices=(1, 3), help="force grayscale (1) or RGB (3)")
         p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable files of a folder")
 
@@ -83,8 +84,34 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-report", dest="report", action="store_false", help="do not write report.html at the end")
+    _transfer_flags(p)
     _device_flag(p)
     p.add_argument("--quiet", action="store_true", help="print nothing while training")
+
+
+def _transfer_flags(p: argparse.ArgumentParser) -> None:
+    """Transfer learning (lecture 003): Settings' pretrained, weights, freeze, unfreeze_after, backbone_lr."""
+    from cnnlab.settings import FREEZES, Settings
+
+    d = Settings()
+    g = p.add_argument_group("transfer learning", "start a famous network (alexnet, vgg11, vgg16, resnet18, "
+                             "resnet50, mobilenet-v3-small, efficientnet-lite0) from trained weights; its head (the "
+                             "last Linear layer) is replaced for the dataset's classes, and its images are read as "
+                             "ImageNet's were (--image-size, default 224)")
+    weights = g.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", action="store_true", default=None, help="start from the network's ImageNet "
+                         "weights (torchvision's from the torch hub cache, downloaded there when online; "
+                         "efficientnet-lite0's from cnnlab[pretrained])")
+    weights.add_argument("--weights", metavar="FILE", help="start from the weights in FILE (safetensors, or a state "
+                         "dict saved with torch.save; no code is unpickled); a head of another class count is "
+                         "replaced")
+    g.add_argument("--freeze", choices=FREEZES, help="backbone: train only the head on features computed once per "
+                   "image and cached (no augmentation); none (the default): every layer trains")
+    g.add_argument("--unfreeze-after", type=int, metavar="N", help="fine-tune: the head alone for N epochs with the "
+                   "backbone frozen (batch norm in eval mode), then everything, the backbone at --backbone-lr times "
+                   "the rate")
+    g.add_argument("--backbone-lr", type=float, metavar="F", help="with --unfreeze-after: the backbone's learning "
+                   f"rate as a share of --lr (default {d.backbone_lr:g})")
 
 
 def _trust_flag(p: argparse.ArgumentParser) -> None:
@@ -144,14 +171,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(formatting.evaluation(ev, args.format))
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
-    from cnnlab.views import formatting
-    from cnnlab.inspect.evaluate import predict
-
-    preds = predict(_open(args.run, args), args.images, topk=args.top_k, invert=args.invert, device=args.device)
-    print(formatting.predictions(preds, args.format))
-
-
 def cmd_export(args: argparse.Namespace) -> None:
     from cnnlab.export import export
 
@@ -182,25 +201,6 @@ def cmd_report(args: argparse.Namespace) -> None:
     else:
         path = compare_report([_open(run, args) for run in args.runs], args.out or "report.html", **data)
     print(f"wrote {path}")
-
-
-def cmd_featuremaps(args: argparse.Namespace) -> None:
-    from cnnlab.inspect.inside import featuremaps
-
-    paths = featuremaps(_open(args.run, args), args.image, args.layer, args.out, args.channels, args.invert)
-    print(f"wrote {len(paths)} file(s): " + ", ".join(map(str, paths)))
-
-
-def cmd_filters(args: argparse.Namespace) -> None:
-    from cnnlab.inspect.inside import filters
-
-    print(f"wrote {filters(_open(args.run, args), args.layer, args.out)}")
-
-
-def cmd_cam(args: argparse.Namespace) -> None:
-    from cnnlab.inspect.inside import cam
-
-    print(f"wrote {cam(_open(args.run, args), args.images, args.layer, args.target, args.out, args.invert)}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -247,15 +247,25 @@ def cmd_sample_images(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
+    import torch
+
+    from cnnlab.errors import ModelError
     from cnnlab.views import formatting
     from cnnlab.models import get_model, list_models, model_info
+    from cnnlab.models.famous import famous
 
     rows = []
     for name in list_models():
         info = model_info(name)
         counts = {}
         for key, shape in (("params_1x28x28", (1, 28, 28)), ("params_3x32x32", (3, 32, 32))):
-            counts[key] = sum(p.numel() for p in get_model(name, shape, 10).parameters())
+            try:
+                # A famous network is built on the meta device: only its parameters' shapes are counted, and
+                # initializing VGG16's 138 M weights takes seconds.
+                with torch.device("meta") if famous(name) else torch.device("cpu"):
+                    counts[key] = sum(p.numel() for p in get_model(name, shape, 10).parameters())
+            except ModelError:  # e.g. a colour network on 1x28x28, or AlexNet's pooling on 32x32: "-"
+                counts[key] = None
         rows.append({"model": name, "source": info.source, **counts, "description": info.description})
     if args.format == "json":
         print(formatting.to_json(rows))
@@ -265,14 +275,6 @@ def cmd_models(args: argparse.Namespace) -> None:
                ("params_3x32x32", "params 3x32x32", formatting.integer),
                ("description", "description", formatting.plain)]
     print(formatting.table(rows, columns, args.format, title="registered models (10 classes)"))
-
-
-def cmd_summary(args: argparse.Namespace) -> None:
-    from cnnlab.views.formatting import summary_table
-    from cnnlab.inspect.summary import summary
-
-    result = summary(args.model, args.input, args.classes, args.batch_size)
-    print(summary_table(result, args.format, args.depth, args.explain))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -333,14 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     _device_flag(p)
     _format_flag(p)
 
-    p = command("predict", "classify image files with a run's model (top-k with probabilities)", cmd_predict)
-    p.add_argument("run", help="run folder")
-    _trust_flag(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, ... of any size and mode")
-    p.add_argument("--top-k", type=int, default=3, help="how many classes to show (default 3)")
-    p.add_argument("--invert", action="store_true", help="invert dark-on-light images (MNIST-style data)")
-    _device_flag(p)
-    _format_flag(p)
+    cli_inspect.add_commands(command, _device_flag, _format_flag)  # predict, features, featuremaps, filters, cam
 
     p = command("export", "write a run's model as one file that runs without cnnlab (ONNX or .pt2), with its "
                 "class names and preprocessing, checked against PyTorch on the test split", cmd_export)
@@ -362,7 +357,6 @@ def build_parser() -> argparse.ArgumentParser:
     _train_flags(p)
     _format_flag(p)
 
-    layer_help = "a layer name as `cnnlab summary` shows it (e.g. conv1, 3, layer4.1.conv2)"
     p = command("report", "write a run's report.html: summary, curves, per-class accuracy, confusion, top losses, "
                 "augmentation, filters, feature maps, Grad-CAM; several runs give one page side by side", cmd_report)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s)")
@@ -371,32 +365,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="read this dataset instead of the run's own, e.g. folder:NEW_PLACE")
     _data_flags(p, dataset=False)
     _device_flag(p)
-
-    p = command("featuremaps", "the feature maps an image makes in each convolution layer (PNG files)",
-                cmd_featuremaps)
-    p.add_argument("run", help="run folder")
-    _trust_flag(p)
-    p.add_argument("image", metavar="IMAGE", help="PNG, JPEG, ... (converted as predict converts it)")
-    p.add_argument("--layer", help=layer_help + " (default: every convolution)")
-    p.add_argument("--out", default="featuremaps", help="folder for the PNG files (default featuremaps/)")
-    p.add_argument("--channels", type=int, default=64, help="channels shown per layer (default 64)")
-    p.add_argument("--invert", action="store_true", help="invert dark-on-light images (MNIST-style data)")
-
-    p = command("filters", "the learned filters of a layer as pictures (PNG)", cmd_filters)
-    p.add_argument("run", help="run folder")
-    _trust_flag(p)
-    p.add_argument("--layer", help=layer_help + " (default: the first convolution)")
-    p.add_argument("--out", default="filters.png", help="the PNG file (default filters.png)")
-
-    p = command("cam", "Grad-CAM: where in each image the model found the evidence for its class (PNG)", cmd_cam)
-    p.add_argument("run", help="run folder")
-    _trust_flag(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, ... (converted as predict converts it)")
-    p.add_argument("--layer", help=layer_help + " (default: the last feature maps, after the last convolution's "
-                   "pooling and ReLU)")
-    p.add_argument("--class", dest="target", metavar="NAME", help="explain this class (default: the predicted one)")
-    p.add_argument("--out", default="cam.png", help="the PNG file (default cam.png)")
-    p.add_argument("--invert", action="store_true", help="invert dark-on-light images (MNIST-style data)")
 
     p = command("sample-images", "write the example inputs the README's tour uses: a sneaker, a bag, a shoe "
                 "(Fashion-MNIST test images from the shipped sample), a photo (CC0 cat), and lecture 001's "
@@ -407,18 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("models", "list the registered models with their parameter counts", cmd_models)
     _format_flag(p)
 
-    p = command("summary", "each layer's output shape, parameters, mult-adds and receptive field; --explain "
-                "shows how each number comes about", cmd_summary)
-    p.add_argument("model", help="a registered name, a spec in quotes (\"conv(64,3) relu ... linear(10)\"), "
-                   "a .json/.toml spec file, or package.module:attr (e.g. torchvision.models:resnet50)")
-    p.add_argument("--input", help="input shape CxHxW (1x28x28) or a number of features (784); default: a "
-                   "registered model's own, or the spec file's")
-    p.add_argument("--classes", type=int, help="classes of a registered model or a builder taking num_classes "
-                   "(default 10)")
-    p.add_argument("--depth", type=int, default=3, help="how deep into nested modules to show rows (default 3)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass, for mult-adds and memory")
-    p.add_argument("--explain", action="store_true", help="each layer's output size and parameters as formulas")
-    _format_flag(p)
+    cli_inspect.add_summary(command, _format_flag)
 
     cli_teach.add_commands(command)
 

@@ -1,4 +1,6 @@
-"""How good is a trained model: accuracy, per-class accuracy, confusion matrix, predictions."""
+"""How good is a trained model: accuracy, per-class accuracy, confusion matrix, predictions; and the one
+way the inspection commands get their model (`trained_model`): a run folder, a `TrainedModel`, or a
+famous network's name with its ImageNet weights (--pretrained) or a weights file (--weights FILE)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,49 @@ from torch import nn
 from cnnlab.data import BatchLoader, ImageData, Split, load_dataset
 from cnnlab.errors import RunError, UsageError
 from cnnlab.runs.folder import Run, open_run
+from cnnlab.models.famous import FAMOUS, famous
+from cnnlab.models.registry import list_models
 from cnnlab.models.shapes import evaluating
 from cnnlab.runs.trained import Prediction, TrainedModel, load, resolve_device
+
+ModelLike = str | Path | Run | TrainedModel  # what predict, features, featuremaps, filters and cam take
+
+
+def trained_model(model: ModelLike, device: str | torch.device = "auto", pretrained: bool = False,
+                  weights: str | Path | None = None, image_size: int | None = None, trust_code: bool = False
+                  ) -> TrainedModel:
+    """The model an inspection command looks at: a TrainedModel as given; a run folder's best weights; or,
+    with `pretrained` (or a `weights` file), famous network `model` with ImageNet's 1,000-class head,
+    preprocessing at `image_size` (default 224) and class names, usable without training."""
+    if isinstance(model, TrainedModel):
+        if pretrained or weights is not None or image_size is not None:
+            raise UsageError("a TrainedModel has its weights and preprocessing already; leave out pretrained, "
+                             "weights and image_size")
+        return model
+    device = resolve_device(device) if isinstance(device, str) else device
+    if pretrained and weights is not None:
+        raise UsageError("give --pretrained or --weights FILE, not both")
+    is_folder = isinstance(model, Run) or Path(model).is_dir()
+    if not (pretrained or weights is not None):
+        if image_size is not None:
+            raise UsageError("--image-size is for a famous network named with --pretrained or --weights FILE; a "
+                             "run folder keeps the input size it was trained at")
+        if not is_folder and not Path(model).exists() and str(model) in list_models():
+            # The user named a model where a run folder was expected: say which of the two they may mean.
+            hint = ("add --pretrained for its ImageNet weights (or --weights FILE)" if famous(str(model))
+                    else f"train it first: cnnlab train --model {model} --out DIR, then give DIR")
+            raise UsageError(f"{model} is a model name, not a run folder: {hint}")
+        return load(model, device, trust_code=trust_code)
+    if is_folder:
+        raise UsageError(f"{model} is a run folder, which has its own weights: leave out --pretrained / --weights, "
+                         "or name a model (e.g. resnet18)")
+    if famous(str(model)) is None:
+        flag = "--pretrained" if pretrained else "--weights FILE"
+        raise UsageError(f"{flag} works with a famous network's name ({', '.join(FAMOUS)}), not {str(model)!r}; "
+                         "a network cnnlab trained is used through its run folder")
+    if image_size is not None and not 32 <= image_size <= 1024:
+        raise UsageError(f"--image-size {image_size}: give 32 to 1024 pixels (ImageNet's networks take 224)")
+    return TrainedModel.pretrained(str(model), device, weights, image_size or 224)
 
 
 @torch.no_grad()
@@ -123,13 +166,21 @@ def evaluate(
 
 
 def predict(
-    run: str | Path | Run,
+    model: ModelLike,
     paths: list[str | Path],
     topk: int = 3,
     invert: bool = False,
     device: str = "auto",
+    *,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    image_size: int | None = None,
+    trust_code: bool = False,
 ) -> list[Prediction]:
-    """Classify image files of any size and mode with a run's model (its own preprocessing)."""
+    """Classify image files of any size and mode with a model's own preprocessing: a run folder's model, or a
+    famous network with ImageNet's weights and class names (`predict("efficientnet-lite0", [photo],
+    pretrained=True)`); see `trained_model`."""
     if topk < 1:
         raise UsageError(f"--top-k {topk}: show 1 or more classes per image")
-    return load(run, resolve_device(device)).predict(paths, top=topk, invert=invert)
+    return trained_model(model, device, pretrained, weights, image_size, trust_code).predict(paths, top=topk,
+                                                                                            invert=invert)
