@@ -4,6 +4,8 @@ ImageNet weights (cnnlab[pretrained]) on the shipped Fashion-MNIST sample, at a 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -45,6 +47,12 @@ def test_feature_extraction_trains_only_the_head_and_tests_as_the_whole_network(
     again = cnnlab.evaluate(run, device="cpu")
     assert again.accuracy == pytest.approx(run.metrics["test_accuracy"], abs=1 / 1000)
     assert list(cache.glob("features/*.safetensors"))  # fit, val and test, kept for the next run
+    from cnnlab.report.page import report
+
+    page = Path(report(run, device="cpu")).read_text(encoding="utf-8")
+    assert "Transfer learning, feature extraction: the backbone frozen throughout" in page
+    assert "learning rate per group: head 0.001, backbone 0." in page
+    assert "a new head classifier for 10 classes starts from random weights" in page
 
 
 def test_features_come_from_the_cache_the_second_time(tmp_path, capsys):

@@ -152,7 +152,22 @@ def training_section(f: Findings) -> Markup:
     epochs = [(r["epoch"], loss(r.get("train_loss")), percent(r.get("train_accuracy")), loss(r.get("val_loss")),
                percent(r.get("val_accuracy")), f"{r['seconds']:.1f}") for r in history]
     curves = figure(viz.curves({f.name: history}), "training curves") if history else None
-    return from_template("sections/training.html.j2", settings=settings, epochs=epochs, curves=curves)
+    return from_template("sections/training.html.j2", settings=settings, epochs=epochs, curves=curves,
+                         transfer=transfer_text(f.run.config.transfer))
+
+
+def transfer_text(record: dict | None) -> list[str]:
+    """A transfer-learning run's mode, weights and learning rate per parameter group, in words."""
+    if not record:
+        return []
+    mode = {"features": "feature extraction: the backbone frozen throughout, its features computed once per image "
+                        "and cached, the head trained on them",
+            "fine-tune": f"fine-tuning: the head alone for {record.get('frozen_epochs')} epoch(s) with the backbone "
+                         "frozen (batch norm in eval mode), then the whole network",
+            "whole": "every parameter trained from the start"}.get(record.get("mode"), str(record.get("mode")))
+    rates = ", ".join(f"{group} {lr:g}" for group, lr in (record.get("lr") or {}).items())
+    return [f"Transfer learning, {mode}; head {record.get('head')}; learning rate per group: {rates}.",
+            *record.get("weights", [])]
 
 
 def results_section(f: Findings) -> Markup:
