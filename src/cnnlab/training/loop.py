@@ -293,10 +293,12 @@ def _fit(
     if ctx.is_main:
         write_text(out / "summary.txt", summary_table(summary, explain=True) + "\n")
     display.print(summary_table(summary) + "\n", markup=False)
+    # A pretrained network's preprocessing fits the images to its own input as they are read.
+    read_at = "" if config.preprocess.input_shape == dataset.input_shape else f" read at {config.preprocess.input_shape}"
     display.print(
         f"[bold]{escape(short_name(config.model))}[/] on [bold]{escape(dataset.name)}[/]: "
         f"{config.parameters:,} parameters, "
-        f"{len(fit):,} training / {len(val):,} validation images {tuple(dataset.input_shape)}, "
+        f"{len(fit):,} training / {len(val):,} validation images {tuple(dataset.input_shape)}{read_at}, "
         f"{_describe(s, device, ctx)}; run folder {out}"
     )
     if config.precision is not None and config.precision.asked == "auto":
