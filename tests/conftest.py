@@ -33,6 +33,13 @@ def golden(request: pytest.FixtureRequest):
     return check
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Transfer learning's feature cache (and that of the commands the tests start) in the session's temporary
+    folder, not the developer's ~/.cache/cnnlab."""
+    os.environ["CNNLAB_CACHE"] = str(tmp_path_factory.mktemp("cnnlab-cache"))
+
+
 @pytest.fixture(autouse=True)
 def _no_subset_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """A CNNLAB_SUBSET a developer exported for smoke tests must not change the tests' runs."""
