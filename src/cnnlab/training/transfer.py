@@ -184,6 +184,7 @@ def cached_features(net: nn.Module, head: str, preprocess: Preprocess, splits: d
         path = folder / f"{key}.safetensors"
         if key in _MEMORY:
             result[name] = _MEMORY[key]
+            say(f"features of the {len(split):,} {name} images: in memory, computed earlier in this process")
             continue
         if path.exists():
             try:
