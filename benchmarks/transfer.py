@@ -60,8 +60,8 @@ def few_per_class(data: ImageData, per_class: int, seed: int = 0, test_limit: in
     picked = torch.cat([order[labels == k][:per_class] for k in range(data.num_classes)])
     picked = picked[torch.randperm(len(picked), generator=torch.Generator().manual_seed(seed + 1))]
     test = data.test.take(slice(0, test_limit)) if test_limit else data.test
-    return ImageData(f"{data.name}-{per_class}-per-class", data.classes, data.train.take(picked), test,
-                     source=data.source)
+    # Named as the dataset, so that --recipe picks CIFAR-10's network and settings.
+    return ImageData(data.name, data.classes, data.train.take(picked), test, source=data.source)
 
 
 def class_folder(data: ImageData, root: Path, per_class: int, test_per_class: int) -> Path:
@@ -103,6 +103,12 @@ def main() -> None:
     parser.add_argument("--test-limit", type=int, help="test on the first N test images only (a quick look)")
     parser.add_argument("--size", type=int, default=160, help="the pretrained network's input size")
     parser.add_argument("--only", default="a,b,c,d")
+    parser.add_argument("--fine-epochs", type=int, default=8)
+    parser.add_argument("--fine-lr", type=float, default=1e-3)
+    parser.add_argument("--backbone-lr", type=float, default=0.1)
+    parser.add_argument("--unfreeze-after", type=int, default=1)
+    parser.add_argument("--augment", default="flip, crop(4)")
+    parser.add_argument("--augmented-only", action="store_true", help="(c): leave out the run without augmentation")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -122,11 +128,13 @@ def main() -> None:
                             freeze="backbone", epochs=30, lr=1e-3, batch_size=100, weight_decay=1e-4,
                             optimizer="adamw", schedule="cosine"))
         if "c" in only:
-            fine = {**lite0, "unfreeze_after": 1, "epochs": 8, "lr": 1e-3, "batch_size": 32, "optimizer": "adamw",
-                    "weight_decay": 1e-4, "schedule": "cosine", "backbone_lr": 0.1}
-            rows.append(run("(c) fine-tuning", "efficientnet-lite0", data, out, **fine))
-            rows.append(run("(c) fine-tuning + augmentation", "efficientnet-lite0", data, out, **fine,
-                            augment="flip, crop(4)"))
+            fine = {**lite0, "unfreeze_after": args.unfreeze_after, "epochs": args.fine_epochs, "lr": args.fine_lr,
+                    "batch_size": 32, "optimizer": "adamw", "weight_decay": 1e-4, "schedule": "cosine",
+                    "backbone_lr": args.backbone_lr}
+            if not args.augmented_only:
+                rows.append(run("(c) fine-tuning", "efficientnet-lite0", data, out, **fine))
+            rows.append(run(f"(c) fine-tuning + --augment \"{args.augment}\"", "efficientnet-lite0", data, out,
+                            **fine, augment=args.augment))
         if "d" in only:
             folder = class_folder(full, out / "photos", per_class=30, test_per_class=20)
             rows.append(run("(d) folder of 300 + 200 photos, feature extraction", "efficientnet-lite0",

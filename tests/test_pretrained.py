@@ -93,15 +93,17 @@ def cache_random(name: str, seed: int) -> tuple[Path, dict[str, torch.Tensor]]:
 
 # --------------------------------------------------------------------------------------- predict
 
-def test_the_sample_photo_is_a_tabby_through_python_and_the_cli(capsys, lite0, lite0_logits):
-    top3 = [lite0.classes[i] for i in lite0_logits[0].topk(3).indices]
-    assert top3[0] == "tabby" and set(top3) == CATS
+def test_the_sample_photo_is_a_cat_through_python_and_the_cli(capsys, lite0, lite0_logits):
+    """Chelsea, a tabby: ImageNet's three cats of her kind come first, together 90% or more."""
+    probabilities = lite0_logits[0].softmax(0)
+    top3 = [lite0.classes[i] for i in probabilities.topk(3).indices]
+    assert set(top3) == CATS and probabilities.topk(3).values.sum() > 0.9
     (pred,) = predict(lite0, [SAMPLE_IMAGE], topk=3)  # a TrainedModel as it is
     assert [name for name, _ in pred.top] == top3
 
     code, out, err = cli(capsys, "predict", LITE0, "--pretrained", SAMPLE_IMAGE, "--format", "json")
     assert code == 0, err
-    assert '"tabby"' in out and out.index('"tabby"') < out.index('"Egyptian cat"')
+    assert out.index(f'"{top3[0]}"') < out.index(f'"{top3[1]}"') < out.index(f'"{top3[2]}"')
 
 
 def test_a_weights_file_gives_the_same_logits(lite0, lite0_logits, lite0_file):

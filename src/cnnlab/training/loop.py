@@ -137,7 +137,7 @@ def train(
         if len(fit) < ctx.world_size:
             raise UsageError(f"{len(fit)} training images cannot be shared among {ctx.world_size} processes")
         mean, std = channel_stats(fit.x) if s.normalize else ([0.0] * fit.x.shape[1], [1.0] * fit.x.shape[1])
-        preprocess = (imagenet_preprocess(model_size, s.channels_last) if imagenet else
+        preprocess = (imagenet_preprocess(model_size, s.channels_last, model) if imagenet else
                       Preprocess(tuple(dataset.input_shape), tuple(mean), tuple(std),  # type: ignore[arg-type]
                                  channels_last=s.channels_last))
         torch.manual_seed(s.seed)
