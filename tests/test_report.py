@@ -52,6 +52,12 @@ def page(trained_run) -> str:
     return (trained_run.path / "report.html").read_text(encoding="utf-8")
 
 
+# The pictures of the trained run's report: 1 curves + 1 confusion + 16 top losses + 10 samples and 2 draws of
+# each of the 6 augmentation items shown for a grey run without augmentation, 10 each + 1 filters
+# + 3 x (image + 2 layers) + 1 CAM.
+PICTURES = 1 + 1 + 16 + 10 + 6 * 2 * 10 + 1 + 9 + 1
+
+
 def test_training_writes_a_self_contained_report(page):
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     for key, heading, _ in SECTIONS:
@@ -59,9 +65,7 @@ def test_training_writes_a_self_contained_report(page):
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     assert "<script" not in page  # nothing to run
     pictures = images_of(page)
-    # 1 curves + 1 confusion + 16 top losses + 10 samples and 2 draws of each of the 6 augmentation items shown
-    # for a grey run without augmentation, 10 each + 1 filters + 3 x (image + 2 layers) + 1 CAM
-    assert len(pictures) == 1 + 1 + 16 + 10 + 6 * 2 * 10 + 1 + 9 + 1
+    assert len(pictures) == PICTURES
     assert all(p.width > 0 and p.height > 0 for p in pictures)
 
 
@@ -299,7 +303,7 @@ def test_report_renders_in_headless_chromium(trained_run):
               "document.querySelectorAll('section').length]")
     problems, (widths, sections) = in_chromium(trained_run.path / "report.html", 1280, script, shot)
     assert problems == []
-    assert len(widths) == 59 and min(widths) > 0
+    assert len(widths) == PICTURES and min(widths) > 0
     assert sections == len(SECTIONS)
     with Image.open(shot) as image:
         assert image.width == 1280 and image.height > 3000  # the whole page, kept in build/artifacts/
