@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import platform
 import re
+import tarfile
 import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import torch
+
+from cnnlab.data import ImageData, load_dataset
+from cnnlab.errors import DataError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -60,3 +64,17 @@ def write_section(name: str, markdown: str, path: Path = DOCS) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def cifar10(datasets: Path) -> ImageData:
+    """CIFAR-10 as cnnlab finds it; the shared JPEG tarball unpacked into cnnlab's cache folder first, where
+    `cifar10` looks (~/.cache/cnnlab/cifar10-jpeg), when it is nowhere yet."""
+    try:
+        return load_dataset("cifar10", data_dir=datasets)
+    except DataError:
+        tarball = datasets / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnlab"
+        cache.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tarball) as tar:
+            tar.extractall(cache, filter="data")
+        return load_dataset("cifar10", data_dir=datasets)

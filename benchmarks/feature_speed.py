@@ -44,7 +44,6 @@ import copy
 import io
 import os
 import statistics
-import tarfile
 import tempfile
 import time
 import warnings
@@ -56,13 +55,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.data import ImageData, load_dataset
 from cnnlab.data.preprocess import Preprocess
-from cnnlab.errors import DataError
 from cnnlab.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, pretrained_model
 from cnnlab.training.machine import choose_precision, cpu_has_bf16, onednn_isa
 
-from common import data_dir, machine
+from common import cifar10, data_dir, machine
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "cnnlab" / "data" / "sample" / "chelsea.jpg"
 CATS = ("tabby", "tiger cat", "Egyptian cat")
@@ -73,20 +70,6 @@ Fn = Callable[[torch.Tensor], torch.Tensor]  # model input (N, 3, S, S) -> featu
 
 
 # ------------------------------------------------------------------------------------------- data
-
-def cifar10(datasets: Path) -> ImageData:
-    """CIFAR-10 as cnnlab finds it; the shared JPEG tarball unpacked into cnnlab's cache folder first
-    (~/.cache/cnnlab/cifar10-jpeg, where `cifar10` looks) when it is nowhere yet."""
-    try:
-        return load_dataset("cifar10", data_dir=datasets)
-    except DataError:
-        tarball = datasets / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnlab"
-        cache.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(tarball) as tar:
-            tar.extractall(cache, filter="data")
-        return load_dataset("cifar10", data_dir=datasets)
-
 
 def per_class(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """Indices of the first `n` images of every class after a seeded permutation, in that permutation's order

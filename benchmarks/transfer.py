@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -32,24 +31,9 @@ import torch
 
 import cnnlab
 from cnnlab.data import ImageData, load_dataset
-from cnnlab.errors import DataError
 from cnnlab.training import transfer
 
-from common import data_dir, machine, write_section
-
-
-def cifar10(datasets: Path) -> ImageData:
-    """CIFAR-10 as cnnlab finds it; the shared JPEG tarball unpacked into cnnlab's cache folder first, where
-    `cifar10` looks (~/.cache/cnnlab/cifar10-jpeg), when it is nowhere yet."""
-    try:
-        return load_dataset("cifar10", data_dir=datasets)
-    except DataError:
-        tarball = datasets / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnlab"
-        cache.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(tarball) as tar:
-            tar.extractall(cache, filter="data")
-        return load_dataset("cifar10", data_dir=datasets)
+from common import cifar10, data_dir, machine, write_section
 
 
 def few_per_class(data: ImageData, per_class: int, seed: int = 0, test_limit: int | None = None) -> ImageData:
