@@ -77,7 +77,7 @@ class Trainer:
         self.head = head_name(net) if s.transfer != "whole" else None
         self.features = features
         # What trains and is validated: the head on cached features, or the whole network; `net` is what is saved.
-        self.trained = transfer.head_module(net, self.head) if features is not None else net
+        self.trained = net.get_submodule(self.head) if features is not None else net
         self.model = distributed.wrap(self.trained, ctx, device)
         if s.compile:
             self.model = torch.compile(self.model)

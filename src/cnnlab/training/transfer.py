@@ -61,10 +61,6 @@ def check_run(s: Settings, processes: int) -> None:
                          f"(it has {processes})")
 
 
-def head_module(net: nn.Module, head: str) -> nn.Module:
-    return net.get_submodule(head)
-
-
 @contextlib.contextmanager
 def headless(net: nn.Module, head: str) -> Iterator[nn.Module]:
     """The network with its head replaced by the identity: it outputs the features the head reads."""
@@ -98,9 +94,8 @@ def frozen_in(s: Settings, epoch: int) -> bool:
 
 def describe(s: Settings, head: str | None, notes: list[str]) -> dict[str, Any]:
     """The run's "transfer" section of config.json: mode, weights, head and each group's learning rate."""
-    groups = {"head": s.lr, "backbone": s.lr * s.backbone_lr if s.transfer == "fine-tune" else s.lr}
-    if s.transfer == "features":
-        groups = {"head": s.lr, "backbone": 0.0}
+    backbone = {"features": 0.0, "fine-tune": s.lr * s.backbone_lr, "whole": s.lr}[s.transfer]
+    groups = {"head": s.lr, "backbone": backbone}
     frozen = {"features": s.epochs, "fine-tune": s.unfreeze_after, "whole": 0}[s.transfer]
     return {"mode": s.transfer, "head": head, "weights": notes, "lr": groups, "frozen_epochs": frozen}
 
