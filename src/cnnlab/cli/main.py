@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from cnnlab.version import __version__
-from cnnlab.cli import inspect as cli_inspect, teach as cli_teach
+from cnnlab.cli import inspect as cli_inspect, serve as cli_serve, teach as cli_teach
 
 # Each command imports what it needs inside its function, and the parser is built from torch-free
 # modules (settings.py, recipes.py): `cnnlab --help` and the NumPy teaching commands must not pay for
@@ -378,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_inspect.add_summary(command, _format_flag)
 
     cli_teach.add_commands(command)
+    cli_serve.add_command(command)
 
     p = command("info", "versions, device, CPU capability, threads, the precision the recipes choose here and "
                 "the fast recipe's speed: paste it into a bug report", cmd_info)

@@ -8,7 +8,9 @@ truncated, empty, not an image, a decompression bomb) into an `ImageError` that 
 
 from __future__ import annotations
 
+import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +34,29 @@ Size = tuple[int, int]  # (height, width)
 SAMPLE_IMAGE = Path(__file__).parent / "sample" / "chelsea.jpg"
 
 
-def _open(path: Path) -> Image.Image:
+@dataclass(frozen=True)
+class Blob:
+    """An image file's bytes held in memory (an upload to the web page), with a name for messages.
+    `read`, `load` and `Preprocess.load` take one wherever they take a path, with the same checks."""
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _open(path: Path | Blob) -> Image.Image:
     """Open and fully decode `path`, turning Pillow's many failure modes into ImageError."""
+    blob = isinstance(path, Blob)
     try:
-        if path.exists() and not path.is_file() and not path.is_dir():
+        if not blob and path.exists() and not path.is_file() and not path.is_dir():
             # A FIFO or a device would block or never end; only regular files are read.
             raise ImageError(f"{path} is not a regular file (a pipe or a device?); give an image file")
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat it as an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(path.data) if blob else path) as img:
                 width, height = img.size
                 if width * height > MAX_PIXELS:
                     raise ImageError(
@@ -57,7 +72,7 @@ def _open(path: Path) -> Image.Image:
     except IsADirectoryError as exc:
         raise ImageError(f"{path} is a folder, not an image file") from exc
     except UnidentifiedImageError as exc:
-        size = path.stat().st_size if path.exists() else 0
+        size = len(path.data) if blob else path.stat().st_size if path.exists() else 0
         what = "is empty" if size == 0 else "is not an image Pillow can read (PNG, JPEG, BMP, ...), or is damaged"
         raise ImageError(f"{path} {what}") from exc
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -91,14 +106,14 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # RGBA drops alpha; CMYK, YCbCr, LAB convert
 
 
-def read(path: str | Path, channels: int | None = None, size: Size | None = None) -> np.ndarray:
-    """Decode an image file into uint8 (H, W, C).
+def read(path: str | Path | Blob, channels: int | None = None, size: Size | None = None) -> np.ndarray:
+    """Decode an image file (or a `Blob` of its bytes) into uint8 (H, W, C).
 
     channels: 1 (grayscale, ITU-R 601 luma as Pillow and OpenCV compute it), 3 (RGB), or None
     to keep what the file has (1 for grayscale files, 3 otherwise).
     size: (height, width) to resize to, bilinear with antialiasing; None keeps the file's size.
     """
-    path = Path(path)
+    path = path if isinstance(path, Blob) else Path(path)
     img = _to_8bit(_open(path))
     if channels == 1 and img.mode != "L":
         img = img.convert("L")
@@ -112,7 +127,7 @@ def read(path: str | Path, channels: int | None = None, size: Size | None = None
     return array[:, :, None] if array.ndim == 2 else array  # (H, W, C)
 
 
-def load(path: str | Path, channels: int | None = None, size: Size | None = None) -> torch.Tensor:
+def load(path: str | Path | Blob, channels: int | None = None, size: Size | None = None) -> torch.Tensor:
     """Load an image file as a float tensor (C, H, W) with values in [0, 1]."""
     array = read(path, channels, size)  # (H, W, C) uint8
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)  # (C, H, W)

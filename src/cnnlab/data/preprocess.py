@@ -66,7 +66,7 @@ class Preprocess:
     def size(self) -> tuple[int, int]:
         return self.input_shape[1], self.input_shape[2]
 
-    def load(self, paths: Sequence[str | Path], invert: bool = False) -> torch.Tensor:
+    def load(self, paths: Sequence[str | Path | images.Blob], invert: bool = False) -> torch.Tensor:
         """Image files of any size and mode as float (N, C, H, W) in [0, 1]: alpha dropped, grayscale
         for a one-channel model, resized to the input size. `invert` turns dark-on-light images into
         the light-on-dark look of (Fashion-)MNIST."""

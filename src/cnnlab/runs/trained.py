@@ -22,6 +22,7 @@ from torch import nn
 
 from cnnlab.data.dataset import Split
 from cnnlab.data.loader import BatchLoader
+from cnnlab.data.images import Blob
 from cnnlab.data.preprocess import Preprocess
 from cnnlab.errors import UsageError
 from cnnlab.models.pretrained import pretrained_model
@@ -126,7 +127,7 @@ class TrainedModel:
         """Batches of a split of uint8 images, preprocessed for this model on its device."""
         return BatchLoader(split, batch_size, self.preprocess, device=self.device)
 
-    def inputs(self, images: torch.Tensor | Sequence[str | Path], invert: bool = False) -> torch.Tensor:
+    def inputs(self, images: torch.Tensor | Sequence[str | Path | Blob], invert: bool = False) -> torch.Tensor:
         """Image files, or float images in [0, 1] (N, C, H, W), as the network's input on its device."""
         if isinstance(images, torch.Tensor):
             if images.dim() != 4 or tuple(images.shape[1:]) != self.preprocess.input_shape:
@@ -138,12 +139,12 @@ class TrainedModel:
         return self.preprocess.normalize(pixels.to(self.device))
 
     @torch.no_grad()
-    def logits(self, images: torch.Tensor | Sequence[str | Path], invert: bool = False) -> torch.Tensor:
+    def logits(self, images: torch.Tensor | Sequence[str | Path | Blob], invert: bool = False) -> torch.Tensor:
         """Logits (N, classes) on the CPU for image files or [0, 1] images, TTA included."""
         with evaluating(self.net):
             return self.judged(self.inputs(images, invert)).float().cpu()
 
-    def predict(self, images: torch.Tensor | Sequence[str | Path], top: int = 3, invert: bool = False
+    def predict(self, images: torch.Tensor | Sequence[str | Path | Blob], top: int = 3, invert: bool = False
                 ) -> list[Prediction]:
         """The `top` most likely classes of each image, with probabilities."""
         if top < 1:

@@ -90,9 +90,10 @@ def _binomial(n: int) -> np.ndarray:
     return np.outer(row, row) / row.sum() ** 2
 
 
-def resolve(kernel: str | np.ndarray) -> tuple[str, np.ndarray | None]:
+def resolve(kernel: str | np.ndarray, files: bool = True) -> tuple[str, np.ndarray | None]:
     """A kernel name ('sobel-x', 'box:7', 'gaussian:5'), matrix text ('1 0; 0 -1') or array ->
-    (label, weights); weights is None for 'sobel', the gradient magnitude."""
+    (label, weights); weights is None for 'sobel', the gradient magnitude. files=False: never a file's
+    matrix (see steps.parse_matrix)."""
     if isinstance(kernel, np.ndarray):
         return "custom", _checked(kernel.astype(np.float64))
     name = kernel.strip().lower()
@@ -107,9 +108,8 @@ def resolve(kernel: str | np.ndarray) -> tuple[str, np.ndarray | None]:
             raise UsageError(f"{name}: the size must be 1 to 255")
         weights = np.full((n, n), 1.0 / n**2) if m.group(1) == "box" else _binomial(n)
         return name, weights
-    if re.search(r"\d", name) or is_file(kernel):
-
-        return "custom", _checked(parse_matrix(kernel).astype(np.float64))
+    if re.search(r"\d", name) or (files and is_file(kernel)):
+        return "custom", _checked(parse_matrix(kernel, files).astype(np.float64))
     raise UsageError(f"unknown kernel {kernel!r}; named kernels: {', '.join(kernel_names())}, box:N, "
                      "gaussian:N; or write the matrix, e.g. \"1 0 -1; 2 0 -2; 1 0 -1\"")
 

@@ -68,14 +68,15 @@ def is_file(text: str | Path) -> bool:
         return False
 
 
-def parse_matrix(text: str | Path) -> np.ndarray:
+def parse_matrix(text: str | Path, files: bool = True) -> np.ndarray:
     """A float64 matrix from inline text ("1 2; 3 4", "1,2;3,4", "[[1,2],[3,4]]") or a CSV/text file.
 
-    In a file, rows are lines and values are separated by commas, semicolons or spaces.
+    In a file, rows are lines and values are separated by commas, semicolons or spaces. files=False
+    reads text only (the web page's: a visitor's text must not open the server's files).
     """
     source = str(text)
     path = Path(source)
-    if is_file(source):
+    if files and is_file(source):
         try:
             content = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark
         except (OSError, UnicodeDecodeError) as exc:
@@ -92,7 +93,7 @@ def parse_matrix(text: str | Path) -> np.ndarray:
         if not isinstance(nested, list) or not all(isinstance(row, list) for row in nested):
             raise UsageError(f"{text!r} is not a list of rows, e.g. [[1, 2], [3, 4]]")
         return _numbers(nested, repr(source))
-    if source and not re.search(r"[\s;,]", source) and re.search(r"[/\\]|\.[A-Za-z]{2,4}$", source):
+    if files and source and not re.search(r"[\s;,]", source) and re.search(r"[/\\]|\.[A-Za-z]{2,4}$", source):
         raise UsageError(f"{source} is not a file that exists (and not a matrix like \"1 2; 3 4\")")
     rows = [[v for v in re.split(r"[\s,]+", line.strip()) if v] for line in re.split(r"[;\n]", source) if line.strip()]
     return _numbers(rows, repr(source))

@@ -69,6 +69,29 @@ def run_lock(folder: str | Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock; the file stays, harmless, for the next writer
 
 
+def is_held(folder: str | Path) -> bool:
+    """Whether a process holds the run folder's lock now (training is writing it), for the web page.
+
+    The test takes a shared lock for an instant: a trainer starting in that same instant would be refused
+    as if a second writer were there, which is why the page asks only about runs with no metrics.json."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: nothing ever trained into the folder, or it cannot be read
+    try:
+        if fcntl is None:
+            return False  # Windows: msvcrt's byte locks cannot be tested without taking them
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def hold_run_folder(folder: Path, held: ExitStack, ctx: distributed.Context,
                     then: Callable[[], None] | None = None) -> None:
     """Rank 0 takes the run folder's lock until `held` closes, removes what a killed writer left
