@@ -75,7 +75,7 @@ function layerBlock(layer) {
     const [, h, w] = layer.shape;
     const size = Math.max(28, Math.min(112, 4 * Math.max(h, w)));
     const maps = layer.maps.map((src, c) => el("img", {src, class: "fmap px", alt: `${layer.name} channel ${c}`,
-      title: `channel ${c}: click a value`, width: size, height: Math.round(size * h / w),
+      title: `channel ${c}: click a value`, style: `width: ${size}px; height: ${Math.round(size * h / w)}px`,
       dataset: {layer: layer.name, channel: c, h, w}, on: {click: clickMap}}));
     block.append(el("div", {class: "maps"}, maps));
     if (layer.hidden) block.append(el("p", {class: "hint"}, `and ${layer.hidden} more channels`));
