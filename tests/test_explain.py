@@ -197,13 +197,14 @@ def test_linear():
     assert term.products[0] == pytest.approx((x.double() * w.double()).tolist())
     assert e.bias == pytest.approx(linear.bias[2].item()) and e.computed == pytest.approx(term.sum + e.bias)
     biggest = (x * w).abs().argmax().item()
-    largest = f"{number(x[biggest].item())}x{number(w[biggest].item())}"
+    weight = w[biggest].item()
+    largest = f"{number(x[biggest].item())}x{number(weight) if weight >= 0 else '(' + number(weight) + ')'}"
     assert e.formula.startswith(f"sum of 40 products (largest: {largest}, ")
     small = nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         small.weight[:] = torch.tensor([[0.5, -2.0]])
     (record,) = layer_outputs(nn.Sequential(small), torch.tensor([[3.0, 0.25]]))
-    assert explain(small, record, (0,)).formula == "3x0.5 + 0.25x-2 = 1"
+    assert explain(small, record, (0,)).formula == "3x0.5 + 0.25x(-2) = 1"
 
 
 def test_flatten_and_other_layers():

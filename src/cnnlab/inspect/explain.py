@@ -197,9 +197,14 @@ def _listed(sizes: np.ndarray, label: Callable[[int], str]) -> str:
 
 
 def _products(inputs: np.ndarray, weights: np.ndarray) -> str:
-    """"1x1 + 2x2 + 5x3 + 6x4", or for many, "sum of 800 products (largest: 0.31x1.2, ...)"."""
-    text = _listed(inputs * weights, lambda i: f"{number(inputs[i])}x{number(weights[i])}")
+    """"1x1 + 2x2 + 5x3 + 6x4", or for many, "sum of 800 products (largest: 0.31x1.2, 0.2x(-3), ...)"."""
+    # A negative weight in brackets, as teach/steps.py writes it: 0.5x(-2), not 0.5x-2.
+    text = _listed(inputs * weights, lambda i: f"{number(inputs[i])}x{_factor(weights[i])}")
     return text if len(inputs) <= MAX_LISTED else f"sum of {len(inputs)} products ({text})"
+
+
+def _factor(value: float) -> str:
+    return number(value) if value >= 0 else f"({number(value)})"
 
 
 def _with_bias(text: str, bias: float | None, computed: float) -> str:
