@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Tests and benchmarks read the real datasets from here (../shared/datasets beside the checkout).
 export CNNLAB_TEST_DATA ?= $(abspath ../shared/datasets)
 
-.PHONY: install browser demo test benchmarks clean
+.PHONY: install browser demo serve test benchmarks clean
 
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu: PyTorch's CPU-only wheels first (about 200 MB of torch where
 # PyPI's default Linux wheel brings some 3 GB of CUDA libraries); the install below keeps them, as they satisfy it.
@@ -23,6 +23,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/cnnlab demo
+
+# The web page for the run folders under runs/ (make demo writes two), at http://127.0.0.1:8000/.
+serve: $(STAMP)
+	$(BIN)/cnnlab serve runs
 
 # The suite, then the tests marked `dispatch` (training whose numbers depend on the CPU's arithmetic) again
 # with PyTorch and oneDNN limited to AVX2: no AVX-512, AMX or native bf16, as on most users' CPUs, so a
