@@ -102,6 +102,21 @@ def test_run_page_shows_the_network_with_its_formulas(client):
     assert text.count('class="cm"') == 100  # the confusion matrix's cells are buttons
 
 
+def test_compare_page_lists_the_runs(client, runs_dir, trained_run):
+    second = runs_dir / "second"
+    shutil.copytree(trained_run.path, second)
+    try:
+        text = client.get(f"/compare?run={RUN}&run=second").text
+        assert text.count('<tr class="compared"') == 2
+        accuracy = cnnlab.open_run(trained_run.path).metrics["test_accuracy"]
+        assert text.count(f"{100 * accuracy:.2f}%") == 2
+        alone = client.get(f"/compare?run={RUN}")
+        assert alone.status_code == 400 and "two or more" in alone.text
+        assert client.get(f"/compare?run={RUN}&run=../outside").status_code == 404
+    finally:
+        shutil.rmtree(second)
+
+
 def test_history_is_the_runs(client, trained_run):
     body = client.get(f"/api/history?run={RUN}").json()
     run = cnnlab.open_run(trained_run.path)

@@ -75,6 +75,15 @@ def test_runs_page_run_page_and_a_picture_through_the_network(server, page, trai
     assert "seed-cnn" in row.inner_text() and "sample" in row.inner_text()
     page.screenshot(path=str(tmp_path / "runs.png"), full_page=True)
 
+    # Tick both runs and compare them: one table, every run's curves on the same axes.
+    assert page.locator("#compare").is_disabled()
+    page.locator("input.pick").nth(0).check()
+    page.locator("input.pick").nth(1).check()
+    page.click("#compare")
+    page.wait_for_selector("#curves svg.chart polyline")
+    assert page.locator("tr.compared").count() == 2
+    assert page.locator("#curves svg.chart").nth(0).locator("polyline").count() == 4  # 2 runs x train, validation
+    page.goto(server.url + "/")
     row.locator("a").click()
     page.wait_for_selector("#curves svg.chart")
     assert page.locator("ol.diagram li.layer").count() == 10
