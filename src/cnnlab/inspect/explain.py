@@ -24,6 +24,8 @@ from torch import nn
 
 from cnnlab.errors import UsageError
 from cnnlab.inspect.inside import first_tensor
+from cnnlab.models.shapes import evaluating
+from cnnlab.runs.folder import no_nan
 from cnnlab.teach.steps import number
 
 MAX_LISTED = 16  # a sum or a window of more values is told by its count and its largest terms
@@ -80,18 +82,7 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and numbers for JSON; NaN and infinities (max pooling's padding) become None."""
-        return _plain(asdict(self))
-
-
-def _plain(value: Any) -> Any:
-    """value with tuples as lists, and NaN and infinities as None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _plain(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+        return no_nan(asdict(self))
 
 
 def _image0(tensor: torch.Tensor | None) -> torch.Tensor | None:
@@ -126,14 +117,12 @@ def layer_outputs(net: nn.Module, x: torch.Tensor) -> list[LayerOutput]:
         if next(module.children(), None) is None:
             handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
             handles.append(module.register_forward_hook(functools.partial(after, name)))
-    was_training = net.training
-    net.eval()
     try:
-        net(x)
+        with evaluating(net):
+            net(x)
     finally:
         for handle in handles:
             handle.remove()
-        net.train(was_training)
     return records
 
 

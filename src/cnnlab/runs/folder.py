@@ -71,19 +71,20 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _no_nan(obj: Any) -> Any:
-    """NaN and infinities -> None, so that the file is valid JSON (json.dumps writes bare NaN)."""
+def no_nan(obj: Any) -> Any:
+    """NaN and infinities -> None in numbers, lists and dicts, so that they make valid JSON (json.dumps writes
+    bare NaN; the web page's JSON refuses it)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
+        return {k: no_nan(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_no_nan(v) for v in obj]
+        return [no_nan(v) for v in obj]
     return obj
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(_no_nan(obj), indent=2, allow_nan=False) + "\n")
+    write_text(path, json.dumps(no_nan(obj), indent=2, allow_nan=False) + "\n")
 
 
 def write_history(path: str | Path, rows: list[dict[str, float]]) -> None:

@@ -13,7 +13,6 @@ request. A cnnlab error becomes 400 with its message (404 for a missing run or p
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from jinja2 import Environment, PackageLoader
 from cnnlab.data.images import Blob
 from cnnlab.errors import Error, UsageError
 from cnnlab.inspect.explain import explain, layer_outputs
+from cnnlab.runs.folder import no_nan
 from cnnlab.version import __version__
 from cnnlab.web import payloads
 from cnnlab.web.catalog import Catalog, NotFound
@@ -35,19 +35,9 @@ STATIC = Path(__file__).parent / "static"
 CONFUSION_IMAGES = 48  # test images shown for one cell of the confusion matrix
 
 
-def clean(value: Any) -> Any:
-    """JSON has no NaN or infinity: they become null, in nested lists and dicts too."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    return value
-
-
 def reply(value: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(clean(value), status_code=status)
+    """JSON, with NaN and infinities (which JSON has no words for) as null."""
+    return JSONResponse(no_nan(value), status_code=status)
 
 
 # Scripts only from this server's /static, pictures also as data: URIs, nothing from elsewhere: should a

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from cnnlab.errors import UsageError
 from cnnlab.inspect.explain import LayerOutput
 from cnnlab.inspect.inside import evident_cam
 from cnnlab.inspect.summary import Summary
+from cnnlab.runs.folder import no_nan
 from cnnlab.runs.trained import TrainedModel
 from cnnlab.teach import steps
 from cnnlab.teach.filters import KERNELS, resolve
@@ -33,11 +33,6 @@ MAX_PLAYGROUND = 64  # rows and columns of the playground's matrix
 TOP = 5
 _VIRIDIS = (colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # (256, 3)
 _JET = colormaps["jet"](np.linspace(0, 1, 256))[:, :3].astype(np.float32)  # (256, 3)
-
-
-def number(value: float) -> float | None:
-    """A float for JSON: NaN and infinities (which JSON has no words for) become null."""
-    return float(value) if math.isfinite(value) else None
 
 
 def png_uri(array: np.ndarray) -> str:
@@ -76,7 +71,7 @@ def layer_view(record: LayerOutput, max_channels: int = MAX_CHANNELS) -> dict[st
         view["hidden"] = out.shape[0] - len(shown)
     elif out.dim() == 1:
         view["view"] = "bars"
-        view["bars"] = [number(v) for v in out[:MAX_BARS].tolist()]
+        view["bars"] = no_nan(out[:MAX_BARS].tolist())
         view["hidden"] = max(0, out.shape[0] - MAX_BARS)
     else:
         view["view"] = "shape"
@@ -156,19 +151,14 @@ def playground(request: dict[str, Any]) -> dict[str, Any]:
     trace = steps.run(matrix, text, kernel)[0]
     windows = trace.windows(MAX_WINDOWS)
     return {
-        "step": trace.label, "input": trace.input.tolist(), "padded": _plain(trace.padded),
+        "step": trace.label, "input": trace.input.tolist(), "padded": no_nan(trace.padded.tolist()),
         "kernel": trace.kernel.tolist() if trace.kernel is not None else None,
         "output": trace.output.tolist(), "notes": trace.notes,
         "sizes": [{"name": s.name, "formula": s.formula, "value": s.value} for s in trace.sizes],
-        "windows": [{"row": w.row, "col": w.col, "values": _plain(w.values), "arithmetic": w.arithmetic,
-                     "result": number(w.result), "source": list(w.source) if w.source else None} for w in windows],
+        "windows": [{"row": w.row, "col": w.col, "values": no_nan(w.values.tolist()), "arithmetic": w.arithmetic,
+                     "result": no_nan(float(w.result)), "source": list(w.source) if w.source else None} for w in windows],
         "hidden": trace.output.size - len(windows),
     }
-
-
-def _plain(m: np.ndarray) -> list[list[float | None]]:
-    """A matrix for JSON, max pooling's -inf padding as null."""
-    return [[number(v) for v in row] for row in m.tolist()]
 
 
 def matrix_from_picture(blob: images.Blob, rows: int) -> dict[str, Any]:
