@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import shutil
 import socket
 import threading
@@ -331,6 +332,32 @@ def test_a_symlinked_run_is_not_served(client, runs_dir):
         inner.unlink()
 
 
+def test_pages_load_nothing_from_elsewhere(client):
+    """The page works offline: every script, style sheet and link is this server's own (or a data: picture)."""
+    for url in ("/", f"/runs/{RUN}", f"/compare?run={RUN}&run={RUN}", "/playground"):
+        text = client.get(url).text
+        targets = re.findall(r'(?:src|href)="([^"]*)"', text)
+        assert targets and all(t.startswith(("/", "#", "data:")) for t in targets), (url, targets)
+    for path in (Path(cnnlab.__file__).parent / "web" / "static").iterdir():
+        assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", path.read_text()), path  # SVG's namespace only
+
+
+def test_a_run_naming_code_is_not_imported(trained_run, tmp_path, monkeypatch):
+    """A run folder whose model is `package.module:attr` is data the page shows, never code it runs."""
+    (tmp_path / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\nbuild = None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    root = tmp_path / "runs"
+    shutil.copytree(trained_run.path, root / "evil")
+    config = json.loads((root / "evil" / "config.json").read_text())
+    config["model"] = "evil:build"
+    (root / "evil" / "config.json").write_text(json.dumps(config))
+    client = TestClient(create_app(root))
+    response = client.get("/runs/evil")
+    assert response.status_code == 400 and "--trust-code" in response.text
+    assert client.post("/api/predict?run=evil", files={"image": ("x.png", b"x")}).status_code == 400
+    assert not (tmp_path / "ran").exists()
+
+
 def test_markup_in_names_is_shown_as_text(trained_run, tmp_path):
     root = tmp_path / "runs"
     folder = root / "<b>bold</b>"
@@ -395,6 +422,19 @@ def test_only_loopback_is_served_without_a_warning():
     assert exposure_warning("localhost") is None
     assert "anyone on every network" in exposure_warning("0.0.0.0")
     assert "no login" in exposure_warning("192.168.1.5")
+
+
+def test_serve_prints_its_address_and_warns_off_loopback(monkeypatch, capsys, tmp_path):
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.append((host, port)))
+    assert main(["serve", str(tmp_path), "--port", "8123"]) == 0
+    out, err = capsys.readouterr()
+    assert served == [("127.0.0.1", 8123)] and "http://127.0.0.1:8123/" in out and err == ""
+    assert main(["serve", str(tmp_path), "--host", "0.0.0.0"]) == 0
+    out, err = capsys.readouterr()
+    assert served[-1] == ("0.0.0.0", 8000) and "warning: serving on 0.0.0.0" in err and "no login" in err
 
 
 def test_serve_without_the_web_extra_says_how_to_get_it(monkeypatch, capsys, tmp_path):
