@@ -17,7 +17,7 @@ from cnnlab.training import machine
 from cnnlab.cli.main import build_parser, main
 
 COMMANDS = ["demo", "train", "evaluate", "predict", "features", "export", "compare", "report", "featuremaps", "filters", "cam", "summary",
-            "arith", "conv", "pool", "filter", "models", "datasets", "info", "sample-images"]
+            "arith", "conv", "pool", "filter", "serve", "models", "datasets", "info", "sample-images"]
 
 
 @pytest.mark.parametrize("launcher", [[str(Path(sys.executable).parent / "cnnlab")], [sys.executable, "-m", "cnnlab"]])
