@@ -92,6 +92,11 @@ def test_runs_page_run_page_and_a_picture_through_the_network(server, page, trai
     pixels = load_run_data(cnnlab.open_run(trained_run.path)).test.x[0, 0].numpy()
     picture = tmp_path / "ankle-boot.png"
     Image.fromarray(pixels).save(picture)
+    # A file over the server's limit is refused by the page before it is sent.
+    page.set_input_files("#upload-file", files=[{"name": "huge.png", "mimeType": "image/png",
+                                                 "buffer": b"\x89PNG" + bytes(server.limit)}])
+    page.click("#upload button[type=submit]")
+    assert "more than this server's limit of 10 MB" in page.inner_text("#picture-error")
     page.set_input_files("#upload-file", str(picture))
     page.click("#upload button[type=submit]")
     page.wait_for_selector("section.layer-out img.fmap")

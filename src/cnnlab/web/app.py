@@ -90,7 +90,7 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | Path | None = None
         if (run.path / "model.safetensors").exists():
             diagram = payloads.diagram(catalog.summary(catalog.loaded(name)))
         return page("run.html.j2", title=name, name=name, run=run, metrics=metrics, diagram=diagram,
-                    running=catalog.running(name), classes=run.classes)
+                    running=catalog.running(name), classes=run.classes, max_upload=max_upload)
 
     @app.get("/compare", response_class=HTMLResponse)
     def compare_page(run: list[str] = Query(default=[])) -> HTMLResponse:
@@ -100,7 +100,8 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | Path | None = None
 
     @app.get("/playground", response_class=HTMLResponse)
     def playground_page() -> HTMLResponse:
-        return page("playground.html.j2", title="Convolution playground", kernels=payloads.kernels())
+        return page("playground.html.j2", title="Convolution playground", kernels=payloads.kernels(),
+                    max_upload=max_upload)
 
     @app.get("/favicon.ico")
     def favicon() -> Response:

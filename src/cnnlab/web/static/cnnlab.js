@@ -13,6 +13,16 @@ async function api(url, options) {
   return body;
 }
 
+// The server refuses a larger upload with 413 as the bytes arrive, but a browser still sending them may
+// see the connection closed instead of the message: so the page says it first.
+function tooLarge(file) {
+  const limit = Number(document.body.dataset.maxUpload || 0);
+  if (!limit || file.size <= limit) return "";
+  const mb = n => (n / 1048576).toFixed(1).replace(/\.0$/, "");
+  return `${file.name} is ${mb(file.size)} MB, more than this server's limit of ${mb(limit)} MB; ` +
+         "send a smaller image (or start cnnlab serve with a larger --max-upload-mb)";
+}
+
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {

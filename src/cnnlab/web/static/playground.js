@@ -53,6 +53,7 @@ async function compute(event) {
 async function fromPicture() {
   const file = $("pg-picture").files[0];
   if (!file) return;
+  if (tooLarge(file)) { $("pg-error").textContent = tooLarge(file); $("pg-error").hidden = false; return; }
   const form = new FormData(); form.append("image", file); form.append("rows", $("pg-rows").value);
   try { $("pg-matrix").value = (await api("/api/playground/picture", {method: "POST", body: form})).matrix.replaceAll("; ", "\n"); compute(); }
   catch (e) { $("pg-error").textContent = e.message; $("pg-error").hidden = false; }

@@ -59,6 +59,7 @@ async function upload(event) {
   event.preventDefault();
   const file = document.getElementById("upload-file").files[0];
   if (!file) { showError("choose an image file first"); return; }
+  if (tooLarge(file)) { showError(tooLarge(file)); return; }
   const form = new FormData(); form.append("image", file);
   try {
     const r = await api("/api/predict?" + q({run: runName()}), {method: "POST", body: form});
