@@ -80,3 +80,42 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory):
 
     out = tmp_path_factory.mktemp("runs") / "seed-cnn"
     return cnnlab.train("seed-cnn", "sample", subset=2000, epochs=3, out=out, verbose=False)
+
+
+# --- the web page (tests/test_web*.py) --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def web_runs(trained_run, tmp_path_factory) -> Path:
+    """A runs directory holding a copy of the session's trained seed-cnn run as "fashion/seed-cnn" (webserver.RUN),
+    and a run beside it, outside (for the tests of names that try to leave the directory)."""
+    import shutil
+
+    from webserver import RUN
+
+    root = tmp_path_factory.mktemp("web") / "runs"
+    shutil.copytree(trained_run.path, root / RUN)
+    shutil.copytree(trained_run.path, root.parent / "outside")
+    return root
+
+
+@pytest.fixture(scope="module")
+def web_client(web_runs):
+    """FastAPI's test client for the page over web_runs, with a small upload limit (webserver.LIMIT)."""
+    pytest.importorskip("fastapi", reason="the web extra is missing: pip install -e '.[test]'")
+    from fastapi.testclient import TestClient
+
+    from cnnlab.web.app import create_app
+    from webserver import LIMIT
+
+    return TestClient(create_app(web_runs, max_upload=LIMIT))
+
+
+@pytest.fixture(scope="module")
+def web_png(trained_run):
+    """Test image 0 of the run's data as a PNG file's bytes, and its pixels (28, 28) uint8."""
+    import cnnlab
+    from cnnlab.inspect.evaluate import load_run_data
+    from webserver import png_bytes
+
+    pixels = load_run_data(cnnlab.open_run(trained_run.path)).test.x[0, 0].numpy()
+    return png_bytes(pixels), pixels

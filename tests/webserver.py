@@ -1,12 +1,27 @@
-"""A real uvicorn server on a free loopback port, in a thread, for the tests that go through HTTP
-(test_web.py's chunked upload, test_web_browser.py's Chromium)."""
+"""What the web page's tests share besides conftest's fixtures: a real uvicorn server on a free loopback port,
+in a thread (for the tests that go through HTTP: a chunked upload, Chromium), the run's name, the upload
+limit, PNG bytes."""
 
 from __future__ import annotations
 
 import http.client
+import io
 import threading
 import time
 from typing import Any
+
+import numpy as np
+from PIL import Image
+
+RUN = "fashion/seed-cnn"  # the trained run's name in conftest's web_runs
+LIMIT = 200_000  # bytes: web_client's upload limit, small so that the tests send little
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 pixels (H, W) or (H, W, 3) as a PNG file's bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class LiveServer:
