@@ -249,8 +249,10 @@ def test_serve_without_the_web_extra_says_how_to_get_it(monkeypatch, capsys, tmp
 
 
 def test_serve_refuses_a_missing_folder(capsys, tmp_path):
-    assert main(["serve", str(tmp_path / "nope"), "--port", "0"]) == 2
+    assert main(["serve", str(tmp_path / "nope")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--port", "0"]) == 2
+    assert "--port 0: give a port from 1 to 65535" in capsys.readouterr().err
 
 
 def test_upload_limit_is_checked(capsys, tmp_path):

@@ -45,8 +45,8 @@ def serve(runs_dir: str | Path = "runs", host: str = DEFAULT_HOST, port: int = D
 
     if not 0 < max_upload_mb <= 1024:
         raise UsageError(f"--max-upload-mb {max_upload_mb:g}: give more than 0 and at most 1024")
-    if not 0 <= port <= 65535:
-        raise UsageError(f"--port {port}: give 0 to 65535 (0 picks a free one)")
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port {port}: give a port from 1 to 65535 (8000 by default)")
     app = create_app(runs_dir, data_dir, int(max_upload_mb * MEGABYTE))
     warning = exposure_warning(host)
     if warning:
