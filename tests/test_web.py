@@ -208,6 +208,29 @@ def test_a_run_in_training_is_shown_live(web_client, web_runs):
         metrics.write_bytes(kept)
 
 
+def test_only_the_last_used_models_stay_loaded(web_runs, trained_run, monkeypatch):
+    from cnnlab.web import catalog as catalog_module
+
+    monkeypatch.setattr(catalog_module, "KEPT_MODELS", 1)
+    root = web_runs.parent / "two-runs"
+    for name in ("a", "b"):
+        shutil.copytree(trained_run.path, root / name)
+    app = create_app(root)
+    client = TestClient(app)
+    for name in ("a", "a", "b", "a"):
+        assert client.get(f"/api/layers?run={name}&image=test:0").status_code == 200
+    assert app.app.state.catalog.loads == 3  # a, then b in its place, then a again
+
+
+def test_a_network_without_feature_maps_shows_its_layers(tmp_path):
+    """An MLP has no Grad-CAM; the page says why and shows every layer all the same."""
+    cnnlab.train("seed-mlp", "sample", subset=500, epochs=1, out=tmp_path / "runs" / "mlp", verbose=False)
+    body = TestClient(create_app(tmp_path / "runs")).get("/api/layers?run=mlp&image=test:0").json()
+    assert [(l["name"], l["shape"], l["view"]) for l in body["layers"]] == [
+        ("0", [784], "bars"), ("1", [1000], "bars"), ("2", [1000], "bars"), ("3", [10], "bars")]
+    assert "feature maps" in body["cam"]["error"] and len(body["top"]) == 5
+
+
 def test_models_reload_when_training_writes_new_weights(web_runs, web_png):
     app = create_app(web_runs)
     web_client = TestClient(app)

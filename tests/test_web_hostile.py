@@ -179,3 +179,27 @@ def test_markup_in_names_is_shown_as_text(trained_run, tmp_path):
         assert "<b>bold</b>" not in text and "&lt;b&gt;bold&lt;/b&gt;" in text
     text = web_client.get("/runs/%3Cb%3Ebold%3C/b%3E").text
     assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_only_this_computers_names_are_answered(web_runs):
+    """Against DNS rebinding: a site whose name points at 127.0.0.1 gets no page and no data."""
+    app = create_app(web_runs, hosts={"127.0.0.1", "localhost", "::1"})
+    for base in ("http://127.0.0.1:8000", "http://localhost", "http://[::1]:8000"):
+        assert TestClient(app, base_url=base).get("/api/runs").status_code == 200, base
+    refused = TestClient(app, base_url="http://attacker.example").get("/api/runs")
+    assert refused.status_code == 400 and "127.0.0.1" in refused.json()["error"]
+    assert TestClient(app, base_url="http://127.0.0.1.attacker.example").get("/").status_code == 400
+
+
+def test_test_image_numbers_are_ascii_digits(web_client):
+    for index in ("%C2%B2", "%D9%A1", "1" * 5000, "-1", "", "2000"):
+        response = web_client.get(f"/api/layers?run={RUN}&image=test:{index}")
+        assert response.status_code == 404, (index[:10], response.status_code)
+    assert web_client.get(f"/api/explain?run={RUN}&image=test:0&layer=0&pos=0,{'9' * 5000}").status_code == 400
+
+
+def test_uploads_are_only_the_image_formats_cnnlab_reads(web_client):
+    """EPS would hand the visitor's PostScript to Ghostscript: it is not even tried."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    response = web_client.post(f"/api/predict?run={RUN}", files={"image": ("x.eps", eps)})
+    assert response.status_code == 400 and "JPEG, PNG" in response.json()["error"]

@@ -30,6 +30,10 @@ MAX_PIXELS = 100_000_000
 
 Size = tuple[int, int]  # (height, width)
 
+# The formats a `Blob` (bytes from elsewhere: an upload) may be: those IMAGE_EXTENSIONS name. Pillow would
+# otherwise also try EPS, which hands the bytes to Ghostscript.
+BLOB_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP", "GIF")
+
 # A real photograph shipped with cnnlab (CC0, see data/sample/README.md), for trying filters.
 SAMPLE_IMAGE = Path(__file__).parent / "sample" / "chelsea.jpg"
 
@@ -56,7 +60,7 @@ def _open(path: Path | Blob) -> Image.Image:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat it as an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(path.data) if blob else path) as img:
+            with (Image.open(io.BytesIO(path.data), formats=BLOB_FORMATS) if blob else Image.open(path)) as img:
                 width, height = img.size
                 if width * height > MAX_PIXELS:
                     raise ImageError(
@@ -74,6 +78,8 @@ def _open(path: Path | Blob) -> Image.Image:
     except UnidentifiedImageError as exc:
         size = len(path.data) if blob else path.stat().st_size if path.exists() else 0
         what = "is empty" if size == 0 else "is not an image Pillow can read (PNG, JPEG, BMP, ...), or is damaged"
+        if blob and size:
+            what = f"is not an image in a format cnnlab takes ({', '.join(BLOB_FORMATS)}), or is damaged"
         raise ImageError(f"{path} {what}") from exc
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageError(f"{path} is refused as a possible decompression bomb: {exc}") from exc

@@ -13,6 +13,8 @@ request. A cnnlab error becomes 400 with its message (404 for a missing run or p
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from cnnlab.runs.folder import no_nan
 from cnnlab.version import __version__
 from cnnlab.web import payloads
 from cnnlab.web.catalog import Catalog, NotFound
-from cnnlab.web.limits import DEFAULT_LIMIT, BodyLimit
+from cnnlab.web.limits import DEFAULT_LIMIT, BodyLimit, HostCheck
 
 TEMPLATES = Environment(loader=PackageLoader("cnnlab.web"), autoescape=True)
 STATIC = Path(__file__).parent / "static"
@@ -58,11 +60,12 @@ def uploaded(file: UploadFile) -> Blob:
 
 
 def create_app(runs_dir: str | Path = "runs", data_dir: str | Path | None = None,
-               max_upload: int = DEFAULT_LIMIT) -> BodyLimit:
+               max_upload: int = DEFAULT_LIMIT, hosts: Collection[str] | None = None) -> BodyLimit | HostCheck:
     """The web page for the run folders under `runs_dir`, as an ASGI application (uvicorn runs it).
 
     data_dir: where to read the runs' test images if not where each run found them.
-    max_upload: the most bytes a request's body may have (413 beyond, counted as they arrive)."""
+    max_upload: the most bytes a request's body may have (413 beyond, counted as they arrive).
+    hosts: the names a request's Host header may give (None: any), against DNS rebinding."""
     catalog = Catalog(runs_dir, data_dir)
     app = FastAPI(title="cnnlab", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.catalog = catalog
@@ -124,7 +127,7 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | Path | None = None
         loaded = catalog.loaded(run)
         blob = uploaded(image)
         shown = loaded.model.preprocess.load([blob])  # (1, C, H, W): decoding errors are 400s, before the lock
-        key = catalog.keep(blob)
+        key = catalog.keep(run, blob, shown)
         with loaded.lock:
             probabilities = loaded.model.logits(shown).softmax(1)[0]  # (classes,)
         return reply({"image": key, "name": blob.name, "top": payloads.top_classes(probabilities, loaded.model.classes)})
@@ -132,7 +135,7 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | Path | None = None
     @app.get("/api/layers")
     def layers(run: str, image: str) -> JSONResponse:
         loaded = catalog.loaded(run)
-        shown, label = catalog.picture(loaded, image)
+        shown, label = catalog.picture(run, loaded, image)
         model = loaded.model
         x = model.preprocess.normalize(shown)  # (1, C, H, W)
         with loaded.lock:
@@ -146,17 +149,17 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | Path | None = None
     @app.get("/api/explain")
     def explain_value(run: str, image: str, layer: str, pos: str) -> JSONResponse:
         loaded = catalog.loaded(run)
-        shown, _ = catalog.picture(loaded, image)
-        try:
-            position = [int(p) for p in pos.split(",")]
-        except ValueError as exc:
-            raise UsageError(f"pos must be whole numbers separated by commas (channel,row,column), not {pos!r}") from exc
-        with loaded.lock:
+        shown, _ = catalog.picture(run, loaded, image)
+        if not re.fullmatch(r"[0-9]{1,9}(,[0-9]{1,9}){0,3}", pos):
+            raise UsageError(f"pos must be whole numbers separated by commas (channel,row,column), not {pos[:40]!r}")
+        position = [int(p) for p in pos.split(",")]
+        with loaded.lock:  # explain may call the layer itself, which must meet no other request's hooks
             records = {r.name: r for r in layer_outputs(loaded.model.net, loaded.model.preprocess.normalize(shown))}
-        if layer not in records:
-            raise NotFound(f"the network has no layer {layer!r} that gives an output")
-        module = loaded.model.net.get_submodule(layer.split("#")[0])
-        return reply(explain(module, records[layer], position).to_dict())
+            if layer not in records:
+                raise NotFound(f"the network has no layer {layer[:80]!r} that gives an output")
+            module = loaded.model.net.get_submodule(layer.split("#")[0])
+            explained = explain(module, records[layer], position)
+        return reply(explained.to_dict())
 
     @app.get("/api/confusion")
     def confusion(run: str, true: int, predicted: int) -> JSONResponse:
@@ -184,4 +187,5 @@ def create_app(runs_dir: str | Path = "runs", data_dir: str | Path | None = None
     def playground_picture(image: UploadFile = File(...), rows: int = Form(8)) -> JSONResponse:
         return reply(payloads.matrix_from_picture(uploaded(image), rows))
 
-    return BodyLimit(app, max_upload)
+    limited = BodyLimit(app, max_upload)
+    return HostCheck(limited, hosts) if hosts is not None else limited

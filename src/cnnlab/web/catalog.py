@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from cnnlab.training.lock import is_held
 
 MAX_DEPTH = 4  # run folders are looked for this many folders deep (runs/demo/seed-cnn is 2)
 KEPT_IMAGES = 64  # uploaded pictures remembered (for "how was this value computed"), the oldest dropped first
+KEPT_MODELS = 8  # runs whose model (and test split) stay loaded, the least recently used dropped first
 
 
 class NotFound(Error):
@@ -84,9 +86,9 @@ class Catalog:
             raise UsageError(f"{root} is not a folder; give the folder your runs are in (cnnlab train --out RUNS/NAME)")
         self.data_dir = data_dir
         self._lock = threading.Lock()
-        self._loaded: dict[str, Loaded] = {}
+        self._loaded: OrderedDict[str, Loaded] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
-        self._images: OrderedDict[str, Blob] = OrderedDict()
+        self._images: OrderedDict[tuple[str, str], tuple[torch.Tensor, str]] = OrderedDict()
         self.loads = 0  # models loaded so far (the tests check that a model is loaded once)
 
     # --- run folders ---------------------------------------------------------------------------
@@ -142,6 +144,7 @@ class Catalog:
         with self._lock:
             current = self._loaded.get(name)
             if current is not None and current.stamp == stamp:
+                self._loaded.move_to_end(name)
                 return current
             loading = self._loading.setdefault(name, threading.Lock())
         with loading:
@@ -153,6 +156,9 @@ class Catalog:
             loaded = Loaded(run, TrainedModel.from_run(run, "cpu"), stamp)
             with self._lock:
                 self._loaded[name] = loaded
+                self._loaded.move_to_end(name)
+                while len(self._loaded) > KEPT_MODELS:  # a sweep's hundred runs must not stay in memory
+                    self._loaded.popitem(last=False)
                 self.loads += 1
         return loaded
 
@@ -174,32 +180,34 @@ class Catalog:
 
     # --- pictures ------------------------------------------------------------------------------
 
-    def keep(self, blob: Blob) -> str:
-        """Remember an uploaded picture; its id is a digest of its bytes, so the same file gets the same id."""
+    def keep(self, name: str, blob: Blob, shown: torch.Tensor) -> str:
+        """Remember a picture uploaded to run `name`, decoded once as its model sees it: shown (1, C, H, W) in
+        [0, 1]. Its id is a digest of the file's bytes, so the same file gets the same id."""
         key = hashlib.sha256(blob.data).hexdigest()[:20]
         with self._lock:
-            self._images[key] = blob
-            self._images.move_to_end(key)
+            self._images[(name, key)] = (shown, blob.name)
+            self._images.move_to_end((name, key))
             while len(self._images) > KEPT_IMAGES:
                 self._images.popitem(last=False)
         return key
 
-    def picture(self, loaded: Loaded, image: str) -> tuple[torch.Tensor, str]:
-        """Picture `image` as the model sees it, (1, C, H, W) in [0, 1], and its name: an upload's id, or
-        "test:N" for the run's N-th test image."""
+    def picture(self, name: str, loaded: Loaded, image: str) -> tuple[torch.Tensor, str]:
+        """Picture `image` as run `name`'s model sees it, (1, C, H, W) in [0, 1], and its name: the id of an
+        upload to that run, or "test:N" for the run's N-th test image."""
         if image.startswith("test:"):
             index = image[5:]
             test = self.test_images(loaded)
-            if not index.isdigit() or int(index) >= len(test["y"]):
-                raise NotFound(f"there is no test image {index!r}: the run's test split has {len(test['y']):,} "
-                               "images, numbered from 0")
+            # ASCII digits only: str.isdigit takes "²" and "١", which int() refuses or reads.
+            if not re.fullmatch(r"[0-9]{1,9}", index) or int(index) >= len(test["y"]):
+                raise NotFound(f"there is no test image {index[:20]!r}: the run's test split has "
+                               f"{len(test['y']):,} images, numbered from 0")
             return test["x"][int(index)][None].float().div(255), f"test image {int(index)}"  # (1, C, H, W)
         with self._lock:
-            blob = self._images.get(image)
-        if blob is None:
+            kept = self._images.get((name, image))
+        if kept is None:
             raise NotFound("that picture is no longer kept by the server (it remembers the last "
                            f"{KEPT_IMAGES}); upload it again")
-        return loaded.model.preprocess.load([blob]), blob.name  # (1, C, H, W)
+        return kept
 
 
 @torch.no_grad()

@@ -1,4 +1,6 @@
-"""The upload limit, enforced where the bytes arrive: in the ASGI receive loop.
+"""What a request must pass before the application sees it: the upload limit, and the Host it names.
+
+`BodyLimit` enforces the upload limit where the bytes arrive: in the ASGI receive loop.
 
 A check of the `Content-Length` header alone is bypassed by a chunked body (which has none), and a
 FastAPI dependency runs only after the multipart body was parsed, that is, after all of it was read
@@ -8,12 +10,16 @@ and spooled. `BodyLimit` wraps the whole application instead:
 - otherwise the body is counted as it is received, and the moment the count passes the limit the
   client gets 413, the application sees the client gone (an `http.disconnect`), and whatever it
   answers after that is dropped. At most one network chunk beyond the limit is ever read.
+
+`HostCheck` answers only requests that name this computer as their Host: a page bound to 127.0.0.1
+can otherwise still be read by any web site through DNS rebinding (its own name made to point here).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from urllib.parse import urlsplit
 from typing import Any
 
 Message = MutableMapping[str, Any]
@@ -83,3 +89,28 @@ class BodyLimit:
                 await send(message)
 
         await self.app(scope, counted, guarded)
+
+
+def hostname(header: str) -> str | None:
+    """The host of a Host header, lower case, without port or IPv6 brackets: "[::1]:8000" -> "::1"."""
+    try:
+        return urlsplit("//" + header).hostname
+    except ValueError:
+        return None
+
+
+class HostCheck:
+    """ASGI middleware: a request whose Host header names none of `hosts` gets 400."""
+
+    def __init__(self, app: ASGIApp, hosts: Collection[str]) -> None:
+        self.app = app
+        self.hosts = {h.lower().strip("[]") for h in hosts}
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if hostname(header) not in self.hosts:
+                await refuse(send, 400, f"this page answers requests for {', '.join(sorted(self.hosts))} only, not "
+                                        f"{header[:80]!r}; open it by one of those names")
+                return
+        await self.app(scope, receive, send)

@@ -79,8 +79,12 @@ def layer_view(record: LayerOutput, max_channels: int = MAX_CHANNELS) -> dict[st
 
 
 def cam_view(model: TrainedModel, shown: torch.Tensor, x: torch.Tensor) -> dict[str, Any]:
-    """Grad-CAM for the predicted class over the picture: shown (1, C, H, W) in [0, 1], x the network's input."""
-    _, cam = evident_cam(model.net, x)
+    """Grad-CAM for the predicted class over the picture: shown (1, C, H, W) in [0, 1], x the network's input.
+    A network without feature maps (an MLP) has none: {"error": why}."""
+    try:
+        _, cam = evident_cam(model.net, x)
+    except UsageError as exc:
+        return {"error": str(exc)}
     heat = _JET[(cam.maps[0].clamp(0, 1) * 255).round().long().numpy()]  # (H, W, 3)
     image = shown[0].float()
     base = image.expand(3, -1, -1) if image.shape[0] == 1 else image  # (3, H, W)

@@ -47,7 +47,10 @@ def serve(runs_dir: str | Path = "runs", host: str = DEFAULT_HOST, port: int = D
         raise UsageError(f"--max-upload-mb {max_upload_mb:g}: give more than 0 and at most 1024")
     if not 1 <= port <= 65535:
         raise UsageError(f"--port {port}: give a port from 1 to 65535 (8000 by default)")
-    app = create_app(runs_dir, data_dir, int(max_upload_mb * MEGABYTE))
+    # On loopback the page answers only to this computer's own names; on another address the names it is
+    # reached by (a LAN address, a host name) cannot be known here, so any goes, and the warning says so.
+    hosts = {"127.0.0.1", "localhost", "::1", host} if is_loopback(host) else None
+    app = create_app(runs_dir, data_dir, int(max_upload_mb * MEGABYTE), hosts)
     warning = exposure_warning(host)
     if warning:
         print(warning, file=sys.stderr)

@@ -109,9 +109,14 @@ async function look(image) {
     document.getElementById("top5").replaceChildren(...r.top.map(t => el("tr", {class: "top"},
       el("td", {}, t.class), el("td", {class: "probability"}, percent(t.probability)),
       el("td", {class: "barcell"}, el("span", {class: "bar", style: `width: ${Math.round(100 * t.probability / best)}%`})))));
-    document.getElementById("look-cam").src = r.cam.picture;
-    document.getElementById("cam-note").textContent = `for ${r.cam.class} (${percent(r.cam.probability)}), at ${r.cam.layer}` +
-      ` (${r.cam.size.join("×")})` + (r.cam.empty ? ": no positive evidence there" : "");
+    const cam = document.getElementById("look-cam");
+    cam.hidden = Boolean(r.cam.error);
+    if (r.cam.error) document.getElementById("cam-note").textContent = r.cam.error;
+    else {
+      cam.src = r.cam.picture;
+      document.getElementById("cam-note").textContent = `for ${r.cam.class} (${percent(r.cam.probability)}), at ${r.cam.layer}` +
+        ` (${r.cam.size.join("×")})` + (r.cam.empty ? ": no positive evidence there" : "");
+    }
     document.getElementById("layers").replaceChildren(...r.layers.map(layerBlock));
     document.getElementById("look").hidden = false;
     document.getElementById("look").scrollIntoView({behavior: "smooth"});
