@@ -25,7 +25,7 @@ import torch
 
 from cnnlab.data.images import Blob
 from cnnlab.errors import Error, RunError, UsageError
-from cnnlab.inspect.evaluate import load_run_data
+from cnnlab.inspect.evaluate import collect_logits, load_run_data
 from cnnlab.inspect.summary import Summary, summarize
 from cnnlab.runs.folder import Run, open_run
 from cnnlab.runs.trained import TrainedModel
@@ -47,13 +47,34 @@ def find_runs(root: Path) -> dict[str, Path]:
     for folder, subfolders, files in os.walk(root, followlinks=False):
         here = Path(folder)
         depth = len(here.relative_to(root).parts)
-        if "config.json" in files and here != root and not (here / "config.json").is_symlink():
+        if here != root and _is_run(here):
             runs[here.relative_to(root).as_posix()] = here
             subfolders.clear()
             continue
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and depth < MAX_DEPTH
                                and not (here / d).is_symlink())
     return runs
+
+
+def _is_run(folder: Path) -> bool:
+    config = folder / "config.json"
+    return config.is_file() and not config.is_symlink()
+
+
+def run_folder(root: Path, name: str) -> Path | None:
+    """The run folder `name` names, if `find_runs` would list it under that name, found without walking the
+    tree: no part hidden or a symlink, at most MAX_DEPTH deep, no run folder above it, inside root resolved."""
+    parts = checked_name(name).split("/")
+    if len(parts) > MAX_DEPTH or any(part.startswith(".") for part in parts):
+        return None
+    here = root
+    for part in parts:
+        if here != root and _is_run(here):
+            return None  # find_runs does not look inside a run folder
+        here = here / part
+        if here.is_symlink() or not here.is_dir():
+            return None
+    return here if _is_run(here) and here.resolve().is_relative_to(root) else None
 
 
 def checked_name(name: str) -> str:
@@ -93,13 +114,10 @@ class Catalog:
 
     # --- run folders ---------------------------------------------------------------------------
 
-    def names(self) -> list[str]:
-        return list(find_runs(self.root))
-
     def path(self, name: str) -> Path:
         """The folder of run `name`, refused unless it is one of the runs found inside the root."""
-        path = find_runs(self.root).get(checked_name(name))
-        if path is None or not path.resolve().is_relative_to(self.root):
+        path = run_folder(self.root, name)
+        if path is None:
             raise NotFound(f"there is no run {name!r} here: a run is named by its folder under the runs directory")
         return path
 
@@ -108,8 +126,7 @@ class Catalog:
 
     def running(self, name: str) -> bool:
         """Whether training is writing the run now: no metrics.json yet, and its lock is held."""
-        path = self.path(name)
-        return not (path / "metrics.json").exists() and is_held(path)
+        return _running(self.path(name))
 
     def table(self) -> list[dict[str, Any]]:
         """One row per run for the runs page; a damaged run gets a row that says what is wrong."""
@@ -126,7 +143,7 @@ class Catalog:
                 "name": name, "model": run.config.model if len(run.config.model) <= 60 else "(a model spec)",
                 "dataset": run.config.data.dataset, "parameters": run.config.parameters,
                 "test_accuracy": accuracy, "epochs": len(run.history), "created": run.config.created[:16],
-                "status": "running" if not metrics and is_held(path) else "finished" if metrics else "stopped",
+                "status": "running" if _running(path) else "finished" if run.metrics else "stopped",
             })
         return rows
 
@@ -165,7 +182,9 @@ class Catalog:
     def summary(self, loaded: Loaded) -> Summary:
         if loaded.summary is None:
             with loaded.lock:  # summarize hooks the network
-                loaded.summary = summarize(loaded.model.net, loaded.run.input_shape, 1, loaded.run.config.model)
+                # the network's input: a pretrained network's preprocessing may resize the data's images
+                loaded.summary = summarize(loaded.model.net, loaded.run.preprocess.input_shape, 1,
+                                           loaded.run.config.model)
         return loaded.summary
 
     def test_images(self, loaded: Loaded) -> dict[str, Any]:
@@ -173,7 +192,8 @@ class Catalog:
         with loaded.lock:
             if loaded.test is None:
                 data = load_run_data(loaded.run, self.data_dir)
-                probabilities = _probabilities(loaded.model, data.test.x)  # (N, classes)
+                logits, _ = collect_logits(loaded.model.judged, loaded.model.loader(data.test))
+                probabilities = logits.softmax(1)  # (N, classes)
                 loaded.test = {"x": data.test.x, "y": data.test.y, "probabilities": probabilities,
                                "predicted": probabilities.argmax(1)}
         return loaded.test
@@ -210,11 +230,6 @@ class Catalog:
         return kept
 
 
-@torch.no_grad()
-def _probabilities(model: TrainedModel, images: torch.Tensor) -> torch.Tensor:
-    """Softmax (N, classes) of uint8 test images (N, C, H, W), batch by batch."""
-    out = []
-    for start in range(0, len(images), 512):
-        batch = images[start:start + 512].float().div(255)  # (B, C, H, W) in [0, 1]
-        out.append(model.logits(model.preprocess.fit(batch)).softmax(1))
-    return torch.cat(out)
+def _running(path: Path) -> bool:
+    """Whether training is writing the run folder now: no metrics.json yet, and its lock is held."""
+    return not (path / "metrics.json").exists() and is_held(path)

@@ -168,7 +168,7 @@ def playground(request: dict[str, Any]) -> dict[str, Any]:
 def matrix_from_picture(blob: images.Blob, rows: int) -> dict[str, Any]:
     """An uploaded picture as a small grayscale matrix of 0..255 values, `rows` high (width to scale)."""
     rows = _checked_int(rows, "rows", 2, MAX_PLAYGROUND)
-    full = images.read(blob, channels=1)  # (H, W, 1) uint8
-    cols = max(2, min(MAX_PLAYGROUND, round(rows * full.shape[1] / full.shape[0])))
-    small = images.read(blob, channels=1, size=(rows, cols))[:, :, 0]  # (rows, cols)
+    full = Image.fromarray(images.read(blob, channels=1)[:, :, 0])  # decoded once, (H, W) grayscale
+    cols = max(2, min(MAX_PLAYGROUND, round(rows * full.width / full.height)))
+    small = np.asarray(full.resize((cols, rows), Image.Resampling.BILINEAR))  # (rows, cols), as images.read resizes
     return {"matrix": "; ".join(" ".join(str(int(v)) for v in row) for row in small), "rows": rows, "cols": cols}
