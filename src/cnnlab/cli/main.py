@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from cnnlab.version import __version__
-from cnnlab.cli import inspect as cli_inspect, serve as cli_serve, teach as cli_teach
+from cnnlab.cli import data as cli_data, inspect as cli_inspect, serve as cli_serve, teach as cli_teach
 
 # Each command imports what it needs inside its function, and the parser is built from torch-free
 # modules (settings.py, recipes.py): `cnnlab --help` and the NumPy teaching commands must not pay for
@@ -285,21 +285,6 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(formatting.machine_info(machine.info(resolve_device(args.device), measure=args.measure), args.format))
 
 
-def cmd_datasets(args: argparse.Namespace) -> None:
-    from cnnlab.views import formatting
-    from cnnlab.data.sources import DATASETS, data_roots, locate
-
-    rows = [{"dataset": name, "found": locate(name, args.data_dir) or ("-" if ":" in name else "not found"),
-             "description": text} for name, text in DATASETS.items()]
-    if args.format == "json":
-        print(formatting.to_json(rows))
-        return
-    columns = [("dataset", "dataset", formatting.plain), ("found", "found at", formatting.plain),
-               ("description", "description", formatting.plain)]
-    print(formatting.table(rows, columns, args.format))
-    print("\nsearched: " + ", ".join(str(p) for p in data_roots(args.data_dir)))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnnlab", description="A workbench for convolutional neural networks: train, evaluate, compare.",
@@ -386,9 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     _device_flag(p)
     _format_flag(p)
 
-    p = command("datasets", "list the datasets and where cnnlab finds their files", cmd_datasets)
-    _data_flags(p, dataset=False)
-    _format_flag(p)
+    cli_data.add_command(command, lambda p: _data_flags(p, dataset=False), _format_flag)
     return parser
 
 

@@ -48,6 +48,7 @@ class ImageData:
     test: Split
     extra: dict[str, Split] = field(default_factory=dict)  # more evaluation splits
     source: str = ""  # where the files were found, for messages and the run's config
+    note: str = ""  # how it was read, for training's header: decoded in how long, or read from the cache
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

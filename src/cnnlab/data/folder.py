@@ -5,18 +5,22 @@
 
 Images are decoded once into one uint8 tensor (N, C, H, W), in parallel threads (Pillow
 releases the GIL while decoding), resized to one size, and grayscale when every image is.
+The result is kept in cnnlab's cache folder (data/cache.py) and read from there by later
+loads while the files and the options are unchanged.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cnnlab.data import images
+from cnnlab.data import cache as disk_cache, images
 from cnnlab.errors import printable, DataError, ImageError, UsageError
 from cnnlab.data.dataset import ImageData, Split, check_resize
 
@@ -30,8 +34,9 @@ def _image_files(folder: Path) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        base = Path(root)  # once per folder: listing runs on every load, the cache's included
         found += [
-            Path(root) / f for f in sorted(files)
+            base / f for f in sorted(files)
             if not f.startswith(".") and f.lower().endswith(images.IMAGE_EXTENSIONS)
         ]
     return found
@@ -106,19 +111,6 @@ def _decode_all(
     return [None if isinstance(r, str) else r for r in results]
 
 
-def _decode(
-    splits: list[dict[str, list[Path]]], names: list[str], size: tuple[int, int], channels: int | None, skip_bad: bool
-) -> list[list[tuple[np.ndarray, int]]]:
-    """Per split, (image (H, W, C), label) for every readable file; all files decoded in one go."""
-    files = [(f, i, s) for s, classes in enumerate(splits) for i, name in enumerate(names) for f in classes.get(name, [])]
-    arrays = _decode_all([f for f, _, _ in files], size, channels, skip_bad)
-    decoded: list[list[tuple[np.ndarray, int]]] = [[] for _ in splits]
-    for array, (_, label, s) in zip(arrays, files):
-        if array is not None:
-            decoded[s].append((array, label))
-    return decoded
-
-
 def _stack(items: list[tuple[np.ndarray, int]], channels: int, size: tuple[int, int]) -> Split:
     """One Split from decoded images, grayscale ones repeated to `channels` where needed."""
     if not items:
@@ -135,6 +127,7 @@ def load_folder(
     test_fraction: float = 0.2,
     seed: int = 0,
     skip_bad: bool = False,
+    cache: bool = True,
 ) -> ImageData:
     """Read a class-per-sub-folder image tree into memory.
 
@@ -142,7 +135,10 @@ def load_folder(
     image's size. channels: 1 or 3 to force grayscale or RGB; None is 1 only if every image is
     grayscale. test_fraction and seed split the images when there is no train/ and test/ (the
     seed of the split, not of training: every run on a folder is tested on the same images).
+    cache: keep the decoded images in cnnlab's cache folder and read them from there while the files and
+    these options are unchanged (data/cache.py); the result's `note` says which happened.
     """
+    started = time.perf_counter()
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"folder dataset {root} does not exist or is not a folder")
@@ -163,10 +159,40 @@ def load_folder(
     if test_classes is None:
         train_classes, test_classes = _seeded_split(train_classes, test_fraction, seed)
     names = sorted(train_classes)
+    given = _given_size(image_size)
+    files = [(s, label, f) for s, classes in enumerate((train_classes, test_classes))
+             for label, name in enumerate(names) for f in classes.get(name, [])]  # (split, label, path)
 
-    size = _image_size(image_size, [f for files in train_classes.values() for f in files], skip_bad)
-    check_resize(sum(map(len, [*train_classes.values(), *test_classes.values()])), channels or 3, size)
-    train, test = _decode([train_classes, test_classes], names, size, channels, skip_bad)
+    policy = {"image_size": given, "channels": channels, "skip_bad": skip_bad, "test_fraction": test_fraction,
+              "seed": seed}
+    key = disk_cache.key(root, files, names, policy) if cache else None
+    kept = disk_cache.load(key.path) if key is not None else None
+    if kept is not None:
+        data, skipped = kept
+        seconds = time.perf_counter() - started
+        return replace(data, note=f"{len(data.train) + len(data.test):,} decoded images read from the cache "
+                                  f"{key.path} in {seconds:.1f} s{_skipped_note(skipped)}")
+
+    size = given or _first_size([f for files in train_classes.values() for f in files], skip_bad)
+    data, skipped = _decode_folder(root, names, files, size, channels, skip_bad)
+    note = f"decoded {len(data.train) + len(data.test):,} images in {time.perf_counter() - started:.1f} s"
+    if key is not None and not key.settled:
+        note += f"; not cached, as some files changed in the last {disk_cache.SETTLE_NS // 10**9} s"
+    elif key is not None:
+        wrote = disk_cache.save(key.path, data, skipped)
+        note += f"; cached in {key.path}" if wrote else f"; the cache folder {key.path.parent} cannot be written"
+    return replace(data, note=note + _skipped_note(skipped))
+
+
+def _decode_folder(root: Path, names: list[str], files: list[tuple[int, int, Path]], size: tuple[int, int],
+                   channels: int | None, skip_bad: bool) -> tuple[ImageData, list[str]]:
+    """Decode every file ((split, label, path)) into the dataset, and the files left out as unreadable
+    (relative to `root`)."""
+    check_resize(len(files), channels or 3, size)
+    arrays = _decode_all([f for _, _, f in files], size, channels, skip_bad)  # each (H, W, C), None if unreadable
+    train = [(a, label) for a, (s, label, _) in zip(arrays, files) if a is not None and s == 0]
+    test = [(a, label) for a, (s, label, _) in zip(arrays, files) if a is not None and s == 1]
+    skipped = [str(f.relative_to(root)) for a, (_, _, f) in zip(arrays, files) if a is None]
     unseen = sorted(set(names) - {names[label] for _, label in train})
     if unseen:  # every file of these classes was unreadable and left out (--skip-bad-images)
         raise DataError(f"the classes {', '.join(unseen)} of {root} have no readable training images (every one "
@@ -180,23 +206,30 @@ def load_folder(
     train_split = _stack(train, width, size)
     # Files come sorted by class; a fixed shuffle makes "the first N images" (--subset) a mix of classes.
     train_split = train_split.take(torch.randperm(len(train_split), generator=torch.Generator().manual_seed(0)))
-    return ImageData(
-        name=f"folder:{root}",
-        classes=names,
-        train=train_split,
-        test=_stack(test, width, size),
-        source=str(root),
-    )
+    data = ImageData(name=f"folder:{root}", classes=names, train=train_split, test=_stack(test, width, size),
+                     source=str(root))
+    return data, skipped
 
 
-def _image_size(image_size: int | tuple[int, int] | None, files: list[Path], skip_bad: bool) -> tuple[int, int]:
-    """(height, width) to resize to: as given, or the size of the first readable image."""
+def _skipped_note(skipped: list[str]) -> str:
+    """What --skip-bad-images left out, for the note."""
+    if not skipped:
+        return ""
+    shown = ", ".join(printable(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    return f"; {len(skipped):,} unreadable files left out (--skip-bad-images): {shown}"
+
+
+def _given_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """image_size as (height, width), checked; None when it is to be the first image's."""
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
-    if image_size is not None:
-        if min(image_size) < 1:
-            raise UsageError(f"--image-size must be at least 1, got {image_size[0]}")
-        return tuple(image_size)  # type: ignore[return-value]
+    if image_size is not None and min(image_size) < 1:
+        raise UsageError(f"--image-size must be at least 1, got {image_size[0]}")
+    return None if image_size is None else (int(image_size[0]), int(image_size[1]))
+
+
+def _first_size(files: list[Path], skip_bad: bool) -> tuple[int, int]:
+    """(height, width) of the first readable image, the size every image is resized to without --image-size."""
     for path in files:
         try:
             first = images.read(path)

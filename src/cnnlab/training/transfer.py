@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from cnnlab.data import Split
+from cnnlab.data.cache import cache_dir
 from cnnlab.data.loader import mix_seed
 from cnnlab.data.preprocess import Preprocess
 from cnnlab.errors import UsageError
@@ -137,13 +138,6 @@ def extract(net: nn.Module, head: str, split: Split, preprocess: Preprocess, dev
             x = preprocess.from_uint8(split.x[start : start + FEATURE_BATCH], device)  # (B, C, H, W)
             out.append(net(x).float().flatten(1).cpu())  # (B, D)
     return torch.cat(out) if out else torch.zeros(0, 0)
-
-
-def cache_dir() -> Path:
-    """Where features are kept between runs: $CNNLAB_CACHE, else $XDG_CACHE_HOME/cnnlab, else ~/.cache/cnnlab."""
-    if os.environ.get("CNNLAB_CACHE"):
-        return Path(os.environ["CNNLAB_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnlab"
 
 
 def _key(backbone_digest: str, preprocess: Preprocess, bf16: bool, split: Split) -> str:
