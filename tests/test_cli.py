@@ -90,10 +90,10 @@ def test_recipe_values_stay_unless_a_flag_is_given(tmp_path, capsys):
             "--watch-test", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "fast-cnn-28 on sample: 24,058 parameters" in printed
-    assert "sgd nesterov lr 0.1 onecycle (warmup 0.2), batch 256, 1 epochs" in printed
+    assert "strided-cnn-28 on sample: 48,058 parameters" in printed
+    assert "sgd nesterov lr 0.1 onecycle (warmup 0.2), batch 128, 1 epochs" in printed
     train = json.loads((out / "config.json").read_text())["train"]
-    assert (train["recipe"], train["batch_size"], train["lr"], train["epochs"]) == ("fast", 256, 0.1, 1)
+    assert (train["recipe"], train["batch_size"], train["lr"], train["epochs"]) == ("fast", 128, 0.1, 1)
     auto = machine.choose_precision("auto", torch.device("cpu")).precision  # bf16 with AMX, fp32 limited to AVX2
     assert (train["tta"], train["precision"], train["augment"], train["channels_last"]) == (False, auto, "flip", True)
     header, row = (out / "history.csv").read_text().splitlines()

@@ -11,6 +11,7 @@ from PIL import Image
 
 from cnnlab.data import BatchLoader, Split, channel_stats, load_dataset, train_val_split
 from cnnlab.data.idx import write_idx
+from cnnlab.data.loader import fits_on
 from cnnlab.data.patterns import _offsets
 from cnnlab.data.preprocess import Preprocess
 from cnnlab.data.sources import FASHION_CLASSES, adapt, locate
@@ -143,10 +144,31 @@ def test_train_val_split_is_seeded_and_disjoint():
 
 def test_channel_stats_match_numpy():
     x = torch.randint(0, 256, (50, 3, 7, 5), dtype=torch.uint8)
-    mean, std = channel_stats(x, chunk=7)
+    x[:, 2] = 77  # a constant channel: std 1, so that normalizing divides by nothing smaller
+    mean, std = channel_stats(x)
     ref = x.numpy().astype(np.float64) / 255
-    np.testing.assert_allclose(mean, ref.mean(axis=(0, 2, 3)), rtol=1e-10)
-    np.testing.assert_allclose(std, ref.std(axis=(0, 2, 3)), rtol=1e-8)
+    np.testing.assert_allclose(mean, ref.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(std[:2], ref.std(axis=(0, 2, 3))[:2], rtol=1e-12)
+    assert std[2] == 1.0 and mean[2] == pytest.approx(77 / 255, rel=1e-12)
+
+
+def test_resident_batches_are_the_hosts_batches():
+    """The GPU path (the split copied to the device once, batches gathered and augmented there) forced on the
+    CPU: the same batches, crops and flips as gathering from the host's split."""
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (50, 3, 6, 6), dtype=torch.uint8, generator=g), torch.arange(50) % 10)
+    pre = Preprocess((3, 6, 6), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    host, resident = (BatchLoader(split, 8, pre, shuffle=True, seed=3, augmentation="crop, flip", resident=r)
+                      for r in (False, True))
+    for epoch in (0, 1):
+        host.set_epoch(epoch)
+        resident.set_epoch(epoch)
+        pairs = list(zip(host, resident, strict=True))
+        assert len(pairs) == 7
+        for (x1, y1), (x2, y2) in pairs:
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not fits_on(torch.device("cpu"), 1)  # on the CPU the data is in memory already: nothing to copy
+    assert BatchLoader(split, 8, pre).x is split.x
 
 
 def test_batch_loader_covers_every_image_once_per_epoch():

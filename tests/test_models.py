@@ -57,6 +57,13 @@ def test_small_cnns_are_small():
     # small-cnn-28's layers plus a second conv-BN per block: 32*32*9 + 64*64*9 + 128*128*9 + 2 * (32 + 64 + 128)
     assert count(get_model("fast-cnn-28-wide", (1, 28, 28), 10)) == 94_186 + 193_536 + 448 == 288_170
     assert count(get_model("small-cnn-28")) < count(get_model("seed-cnn")) / 7
+    # convs 1*16*9 + 16*32*9 + 32*96*9, batch norms 2 * (16 + 32 + 96), linear over the 4x4 map 96*16*10 + 10
+    assert count(get_model("strided-cnn-28", (1, 28, 28), 10)) == 144 + 4608 + 27648 + 288 + 15370 == 48_058
+    # a stem conv-BN (3*24*9 + 48) before fast-cnn-28-wide's blocks, whose first conv takes 24 channels, not 1
+    assert count(get_model("fast-cnn-32", (3, 32, 32), 10)) == 648 + 48 + 288_170 + 23 * 32 * 9 == 295_490
+    # stem 3*32*9 + 64; per block conv-BN twice (32->64->64, 64->128->128, 128->256->256); linear 256*10 + 10
+    wide = 864 + 64 + (18_432 + 36_864 + 256) + (73_728 + 147_456 + 512) + (294_912 + 589_824 + 1024) + 2570
+    assert count(get_model("fast-cnn-32-wide", (3, 32, 32), 10)) == wide == 1_166_506
 
 
 FAMOUS_SHAPE = (3, 64, 64)  # colour, and large enough for AlexNet's strides (63 or more)

@@ -43,11 +43,14 @@ def test_the_lecture_recipe_is_the_defaults():
 def test_fast_recipe_per_dataset_and_flags_override_it():
     model, s = settings_for("fast", "fashion-mnist", {})
     assert (model, s.recipe, s.optimizer, s.schedule, s.precision, s.augment) == (
-        "fast-cnn-28", "fast", "sgd", "onecycle", "auto", "flip")
+        "strided-cnn-28", "fast", "sgd", "onecycle", "auto", "flip")
+    assert (s.epochs, s.batch_size, s.lr) == (2, 128, 0.15)
     assert s.tta and s.channels_last
     mnist = settings_for("fast", "mnist", {})[1]
     assert (mnist.augment, mnist.tta) == ("none", False)  # a mirrored digit is not the same digit
-    assert settings_for("fast", "sample", {})[0] == "fast-cnn-28"  # the sample is Fashion-MNIST
+    assert settings_for("fast", "sample", {})[0] == "strided-cnn-28"  # the sample is Fashion-MNIST
+    assert settings_for("fast", "cifar10", {})[0] == "fast-cnn-32"
+    assert settings_for("fast-long", "cifar10", {})[0] == "fast-cnn-32-wide"
     assert settings_for("fast", "folder:/photos", {})[1].augment == "flip"  # any other dataset: "*"
     _, s = settings_for("fast", "fashion-mnist", {"epochs": 7, "precision": "fp32"})
     assert (s.epochs, s.precision, s.lr) == (7, "fp32", RECIPES["fast"]["fashion-mnist"][1]["lr"])

@@ -190,7 +190,7 @@ def test_fast_recipe_with_another_optimizer(tmp_path):
 def test_fast_path_learns_and_records_its_settings(tmp_path):
     run = cnnlab.train(None, "sample", recipe="fast", subset=2000, epochs=3, batch_size=64, out=tmp_path / "r",
                        verbose=False, report=False)
-    assert run.config.model == "fast-cnn-28"
+    assert run.config.model == "strided-cnn-28"
     train_settings = run.config.train
     chosen = machine.choose_precision("auto", torch.device("cpu"))  # bf16 only where the CPU has it natively
     assert (train_settings.recipe, train_settings.schedule, train_settings.precision) == (

@@ -301,6 +301,8 @@ def _fit(
         f"{len(fit):,} training / {len(val):,} validation images {tuple(dataset.input_shape)}{read_at}, "
         f"{_describe(s, device, ctx)}; run folder {out}"
     )
+    if dataset.note:  # a folder's images: decoded now (and cached), or read from the cache
+        display.print(dataset.note, markup=False)
     if config.precision is not None and config.precision.asked == "auto":
         display.print(f"precision {s.precision} (auto): {config.precision.why}; --precision fp32|bf16 to choose",
                       markup=False)

@@ -29,19 +29,19 @@ _FAST = {
 RECIPES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "lecture": {"*": ("seed-cnn", {})},
     "fast": {
-        "fashion-mnist": ("fast-cnn-28", {**_FAST, "epochs": 3, "batch_size": 256, "lr": 0.2, "augment": "flip",
-                                          "tta": True}),
-        "mnist": ("fast-cnn-28", {**_FAST, "epochs": 3, "batch_size": 256, "lr": 0.2}),
-        "cifar10": ("small-cnn-32", {**_FAST, "epochs": 10, "batch_size": 256, "lr": 0.2, "augment": "crop+flip",
-                                     "tta": True}),
+        "fashion-mnist": ("strided-cnn-28", {**_FAST, "epochs": 2, "batch_size": 128, "lr": 0.15, "augment": "flip",
+                                             "tta": True}),
+        "mnist": ("strided-cnn-28", {**_FAST, "epochs": 2, "batch_size": 128, "lr": 0.15}),
+        "cifar10": ("fast-cnn-32", {**_FAST, "epochs": 12, "batch_size": 256, "lr": 0.2, "label_smoothing": 0.2,
+                                    "augment": "crop+flip", "tta": True}),
         "*": ("small-cnn-28", {**_FAST, "epochs": 10, "batch_size": 128, "lr": 0.2, "augment": "flip"}),
     },
     "fast-long": {
         "fashion-mnist": ("fast-cnn-28-wide", {**_FAST, "epochs": 12, "batch_size": 256, "lr": 0.2,
                                                "augment": "crop+flip", "tta": True}),
         "mnist": ("fast-cnn-28-wide", {**_FAST, "epochs": 5, "batch_size": 256, "lr": 0.2, "augment": "crop"}),
-        "cifar10": ("small-cnn-32", {**_FAST, "epochs": 30, "batch_size": 256, "lr": 0.2, "augment": "crop+flip",
-                                     "tta": True}),
+        "cifar10": ("fast-cnn-32-wide", {**_FAST, "epochs": 25, "batch_size": 256, "lr": 0.2, "label_smoothing": 0.2,
+                                         "augment": "crop+flip", "tta": True}),
         "*": ("small-cnn-28", {**_FAST, "epochs": 30, "batch_size": 128, "lr": 0.2, "augment": "flip"}),
     },
 }
