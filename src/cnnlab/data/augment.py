@@ -54,10 +54,11 @@ def _draw_crop(n: int, padding: int, generator: torch.Generator) -> torch.Tensor
 def _crop(x: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))  # (N, C, H+2p, W+2p)
-    rows = (offsets[:, 0, None] + torch.arange(h))[:, None, :, None]  # (N, 1, H, 1)
-    cols = (offsets[:, 1, None] + torch.arange(w))[:, None, None, :]  # (N, 1, 1, W)
-    images = torch.arange(n)[:, None, None, None]
-    channels = torch.arange(c)[None, :, None, None]
+    offsets = offsets.to(x.device)  # drawn on the CPU; the batch may be on a GPU
+    rows = (offsets[:, 0, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
+    cols = (offsets[:, 1, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
+    images = torch.arange(n, device=x.device)[:, None, None, None]
+    channels = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[images, channels, rows, cols]  # (N, C, H, W)
 
 
@@ -66,7 +67,8 @@ def _draw_coin(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
 
 
 def _where(chosen: torch.Tensor, changed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return torch.where(chosen[:, None, None, None], changed, x)  # (N, C, H, W)
+    # The draws are the CPU generator's; a batch kept on a GPU (the loader's resident data) is chosen there.
+    return torch.where(chosen.to(x.device)[:, None, None, None], changed, x)  # (N, C, H, W)
 
 
 def _grey(x: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ graphs that take [0, 1] images (export).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,14 +111,19 @@ class Preprocess:
         return Normalize(self.mean, self.std)
 
     def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        return mean, std
+        return _stats_on(self.mean, self.std, device)
 
     def to_dict(self) -> dict[str, Any]:
         return {"input_shape": list(self.input_shape), "mean": list(self.mean), "std": list(self.std),
                 "resize": self.resize, "channels_last": self.channels_last, "value_range": [0.0, 1.0],
                 **({"resize_size": self.resize_size} if self.resize_size is not None else {})}
+
+
+@functools.lru_cache(maxsize=16)  # made once per device: on a GPU each would be a copy from the host per batch
+def _stats_on(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as (1, C, 1, 1) tensors on `device`."""
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
 
 
 class Normalize(nn.Module):
