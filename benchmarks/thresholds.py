@@ -88,7 +88,7 @@ def torchrun_fast(precision: str):
 
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                    "-m", "cnnlab", "train", "--dataset", "sample", "--device", "cpu", "--recipe", "fast",
-                   "--subset", "400", "--epochs", "4", "--batch-size", "64", "--patience", "1",
+                   "--model", "fast-cnn-28", "--subset", "400", "--epochs", "4", "--batch-size", "64", "--patience", "1",
                    "--precision", precision, "--seed", str(seed), "--out", str(out), "--no-report"]
         done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if done.returncode:
@@ -104,7 +104,7 @@ CASES = {
     "seed-cnn": ("test_train.py::test_seed_cnn_learns_2000_fashion_mnist_images (conftest's trained_run)",
                  "seed-cnn, Adam 1e-3, 1,800 train / 200 val images, 3 epochs", lecture_cnn),
     "fast-fp32": ("test_train.py::test_fast_path_learns_and_records_its_settings",
-                  "--recipe fast, 1,800 train images, batch 64, 3 epochs, fp32", fast_recipe("fp32")),
+                  "--recipe fast (strided-cnn-28), 1,800 train images, batch 64, 3 epochs, fp32", fast_recipe("fp32")),
     "fast-bf16": ("test_train.py::test_fast_path_learns_and_records_its_settings",
                   "the same in bf16 autocast", fast_recipe("bf16")),
     "mlp-sgd": ("test_train.py::test_sgd_and_no_normalization",
@@ -116,7 +116,8 @@ CASES = {
     "mlp-patience": ("test_train.py::test_early_stopping",
                      "seed-mlp, Adam 3e-3, 270 train images, up to 40 epochs, patience 2", mlp_stops_early),
     "torchrun-fp32": ("test_distributed.py::test_torchrun_batch_norm_network_with_early_stopping",
-                      "torchrun, 2 processes: --recipe fast, 360 train images, batch 64, 4 epochs, patience 1, fp32",
+                      "torchrun, 2 processes: --recipe fast with fast-cnn-28, 360 train images, batch 64, 4 epochs, "
+                      "patience 1, fp32",
                       torchrun_fast("fp32")),
     "torchrun-bf16": ("test_distributed.py::test_torchrun_batch_norm_network_with_early_stopping",
                       "the same in bf16 autocast", torchrun_fast("bf16")),

@@ -68,13 +68,15 @@ def test_torchrun_two_processes_match_one(tmp_path):
 
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch built without gloo")
 def test_torchrun_batch_norm_network_with_early_stopping(tmp_path):
-    """Batch norm keeps running statistics per rank, so the ranks take rank 0's validation and stop together."""
-    done = torchrun_train("--recipe", "fast", "--subset", "400", "--epochs", "4", "--batch-size", "64",
+    """Batch norm keeps running statistics per rank, so the ranks take rank 0's validation and stop together.
+    fast-cnn-28, the network the bound was measured on: the recipe's strided-cnn-28 spreads over 0.26-0.60
+    on these 360 images (seeds 0-5), as its linear layer over the 4x4 map has more to learn."""
+    done = torchrun_train("--recipe", "fast", "--model", "fast-cnn-28", "--subset", "400", "--epochs", "4", "--batch-size", "64",
                           "--patience", "1", "--precision", "fp32", "--out", str(tmp_path / "bn"), "--no-report")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("test accuracy") == 1
     run = cnnlab.open_run(tmp_path / "bn")
-    assert run.config.model == "strided-cnn-28" and run.config.processes == 2
+    assert run.config.model == "fast-cnn-28" and run.config.processes == 2
     assert 1 <= len(run.history) <= 4 and run.metrics["epochs_run"] == len(run.history)
     # measured 0.54-0.69 over seeds 0-5 in fp32, AVX-512 and AVX2: the mean 0.63 less 4 sd (0.045); fp32 on
     # every machine, since seed 3 in bf16 with AMX stops after epoch 2 at chance (0.10): docs/benchmarks.md

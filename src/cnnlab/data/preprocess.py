@@ -120,10 +120,13 @@ class Preprocess:
 
 
 @functools.lru_cache(maxsize=16)  # made once per device: on a GPU each would be a copy from the host per batch
-def _stats_on(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _stats_on(mean: tuple[float, ...], std: tuple[float, ...],
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) as (1, C, 1, 1) tensors on `device`."""
-    return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
-            torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+    # Normal tensors even when first asked for under inference mode: a later call with gradients saves std.
+    with torch.inference_mode(False):
+        return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+                torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
 
 
 class Normalize(nn.Module):

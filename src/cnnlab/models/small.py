@@ -88,7 +88,8 @@ def fast_cnn_28_wide(input_shape: tuple[int, int, int], num_classes: int) -> nn.
     return fast_cnn(input_shape[0], num_classes, widths=(32, 64, 128), convs_per_block=2)
 
 
-def strided_cnn(input_shape: tuple[int, int, int], num_classes: int, widths: Sequence[int] = (16, 32, 96)) -> nn.Sequential:
+def strided_cnn(input_shape: tuple[int, int, int], num_classes: int,
+                widths: Sequence[int] = (16, 32, 96)) -> nn.Sequential:
     """A 3x3 convolution with stride 2 (no full-size feature map to pool), a conv-pool-BN-ReLU block,
     a 3x3 convolution with stride 2, and a linear layer over the whole last map, not its average.
 
