@@ -6,10 +6,12 @@ Most CPUs have no bf16 units. This runs, for this machine as it is and again wit
 oneDNN limited to AVX2 (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2: no bf16 instructions,
 as on most laptops), each level in its own subprocess:
   - the precision `--precision auto` chooses there, and why;
-  - training images/s of fast-cnn-28 (batch 256) in bf16 and in fp32;
-  - (a) lecture 001's recipe as written (time_to_accuracy.py's), and (c) `cnnlab train --recipe fast`
-    before and after it (the machine drifts over minutes; (c) is seeded, so only its time moves):
-    training seconds to 91.2% test accuracy and the ratio (a) / (c).
+  - training images/s of the fast recipe's strided-cnn-28 (batch 128) in bf16 and in fp32;
+  - (a) lecture 001's recipe as written (time_to_accuracy.py's): training seconds to 91.2% test accuracy;
+  - (c) `cnnlab train --recipe fast` as a user runs it, the whole process (start-up, reading the data,
+    training, the final test; time_to_accuracy.py's process_recipe), twice before (a) and twice after
+    it (the machine drifts over minutes; (c) is seeded, so only its time moves), and the ratio (a) / (c)
+    with (c)'s median.
 --write puts the table into docs/benchmarks.md.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -35,21 +38,22 @@ TARGET = 0.912
 def worker(root: str) -> dict:
     """One dispatch level, in this process: the precision choice, step speeds, (c), (a), (c)."""
     from cnnlab.training import machine as cnnlab_machine
-    from time_to_accuracy import cnnlab_recipe, lecture_recipe, to_target
+    from time_to_accuracy import lecture_recipe, process_recipe, to_target
 
     cpu = torch.device("cpu")
     choice = cnnlab_machine.choose_precision("auto", cpu)
     # Each precision and memory layout of the fast recipe's step: what auto and the default layout rest on.
-    speeds = {f"{p} {layout}": cnnlab_machine.images_per_second(p, cpu, seconds=4, channels_last=layout == "NHWC")
+    speeds = {f"{p} {layout}": cnnlab_machine.images_per_second(p, cpu, seconds=4, channels_last=layout == "NHWC",
+                                                                model="strided-cnn-28", batch=128)
               for p in ("bf16", "fp32") for layout in ("NHWC", "NCHW")}
     with tempfile.TemporaryDirectory() as out:
-        fast = [cnnlab_recipe("fashion-mnist", root, f"{out}/c", None, "fast")]
+        fast = [process_recipe("fashion-mnist", root, f"{out}/c", "fast") for _ in range(2)]
         lecture = lecture_recipe("fashion-mnist", root)
-        fast.append(cnnlab_recipe("fashion-mnist", root, f"{out}/c", None, "fast"))
+        fast += [process_recipe("fashion-mnist", root, f"{out}/c", "fast") for _ in range(2)]
     fast_seconds = [to_target(r, TARGET)[0] for r in fast]
     return {
         "machine": machine(), "precision": choice.precision, "why": choice.why, "images_per_s": speeds,
-        "fast_seconds": fast_seconds, "fast_accuracies": fast[0]["accuracies"],
+        "fast_seconds": fast_seconds, "fast_accuracies": [fast[0]["final"]], "fast_train": sum(fast[0]["seconds"]),
         "lecture_seconds": to_target(lecture, TARGET)[0], "lecture_accuracies": lecture["accuracies"],
     }
 
@@ -63,24 +67,33 @@ def run_level(name: str, root: str) -> dict:
 
 def table(results: dict[str, dict]) -> str:
     lines = [
-        "| dispatch | auto precision | fast-cnn-28 train img/s: bf16 NHWC, NCHW / fp32 NHWC, NCHW | "
-        "(a) lecture: s to 91.2% | (c) fast: s to 91.2% (two runs) | (c) final acc | (a) / (c) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| dispatch | auto precision | strided-cnn-28 train img/s (batch 128): bf16 NHWC, NCHW / fp32 NHWC, NCHW | "
+        "(a) lecture: s to 91.2% | (c) fast, whole process: s to 91.2% (median; each run) | (c) of it training | "
+        "(c) final acc | (a) / (c): median, slowest run |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    verdicts = []
     for name, r in results.items():
-        fast, s = statistics.median(r["fast_seconds"]), r["images_per_s"]
+        s = r["images_per_s"]
         level = re.search(r"torch threads \((\w+)\)", r["machine"]).group(1)  # PyTorch's capability level
+        # A run that missed 91.2% has no time to it (nan): it fails the level, it is not a slow run.
+        missed = any(math.isnan(t) for t in r["fast_seconds"]) or math.isnan(r["lecture_seconds"])
+        fast = statistics.median(r["fast_seconds"])
+        median, worst = r["lecture_seconds"] / fast, r["lecture_seconds"] / max(r["fast_seconds"])
+        ratios = "a run missed 91.2%" if missed else f"{median:.2f}x, {worst:.2f}x"
         lines.append(
             f"| {name} ({level}) | {r['precision']} | "
             f"{s['bf16 NHWC']:,.0f}, {s['bf16 NCHW']:,.0f} / {s['fp32 NHWC']:,.0f}, {s['fp32 NCHW']:,.0f} | "
             f"{r['lecture_seconds']:.1f} | "
-            f"{fast:.1f} ({', '.join(f'{s:.1f}' for s in r['fast_seconds'])}) | {r['fast_accuracies'][-1]:.2%} | "
-            f"{r['lecture_seconds'] / fast:.1f}x |"
+            f"{fast:.1f} ({', '.join(f'{t:.1f}' for t in r['fast_seconds'])}) | {r['fast_train']:.1f} | "
+            f"{r['fast_accuracies'][-1]:.2%} | {ratios} |"
         )
+        verdicts.append(f"- {name}: 10x in every run {'met' if not missed and worst >= 10 else 'MISSED'}")
     whys = "\n".join(f"- {name}: {r['why']}" for name, r in results.items())
     first = next(iter(results.values()))
     return (f"Machine: {first['machine']}. Command: `python benchmarks/dispatch_levels.py --write`.\n\n"
-            + "\n".join(lines) + f"\n\nWhy `--precision auto` chose as it did:\n{whys}\n")
+            + "\n".join(lines) + "\n\n" + "\n".join(verdicts)
+            + f"\n\nWhy `--precision auto` chose as it did:\n{whys}\n")
 
 
 def main() -> None:

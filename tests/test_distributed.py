@@ -71,8 +71,9 @@ def test_torchrun_batch_norm_network_with_early_stopping(tmp_path):
     """Batch norm keeps running statistics per rank, so the ranks take rank 0's validation and stop together.
     fast-cnn-28, the network the bound was measured on: the recipe's strided-cnn-28 spreads over 0.26-0.60
     on these 360 images (seeds 0-5), as its linear layer over the 4x4 map has more to learn."""
-    done = torchrun_train("--recipe", "fast", "--model", "fast-cnn-28", "--subset", "400", "--epochs", "4", "--batch-size", "64",
-                          "--patience", "1", "--precision", "fp32", "--out", str(tmp_path / "bn"), "--no-report")
+    done = torchrun_train("--recipe", "fast", "--model", "fast-cnn-28", "--subset", "400", "--epochs", "4",
+                          "--batch-size", "64", "--patience", "1", "--precision", "fp32", "--out", str(tmp_path / "bn"),
+                          "--no-report")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("test accuracy") == 1
     run = cnnlab.open_run(tmp_path / "bn")

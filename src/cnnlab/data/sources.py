@@ -49,8 +49,9 @@ _IDX_FOLDERS = {
 _TORCHVISION_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
 
-def cache_dir() -> Path:
-    """Where --download puts datasets: $XDG_CACHE_HOME/cnnlab, else ~/.cache/cnnlab."""
+def download_dir() -> Path:
+    """Where --download puts datasets: $XDG_CACHE_HOME/cnnlab, else ~/.cache/cnnlab (data/cache.py's
+    cache_dir, where computed results go, also honours $CNNLAB_CACHE)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnlab"
 
 
@@ -61,7 +62,7 @@ def data_roots(data_dir: str | Path | None = None) -> list[Path]:
         roots.append(Path(data_dir).expanduser())
     elif os.environ.get("CNNLAB_DATA"):
         roots.append(Path(os.environ["CNNLAB_DATA"]).expanduser())
-    roots.append(cache_dir())
+    roots.append(download_dir())
     return roots
 
 

@@ -2,9 +2,10 @@
 
 Blocks of 3x3 convolutions, each followed by batch normalization and ReLU, and a 2x2
 max-pool that halves the size while the channels double (lecture 003's pattern). A global
-average pool ends the features, so the classifier has few weights and the network accepts
-any input of at least 8x8. Batch normalization lets them train at higher learning rates
-than the lectures' networks, with fewer parameters.
+average (or max) pool ends the features of most, so the classifier has few weights and the
+network accepts any input of at least 8x8; `strided-cnn-28`, the fast recipe's network for
+28x28, reads its whole last map instead. Batch normalization lets them train at higher learning
+rates than the lectures' networks, with fewer parameters.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def fast_cnn(in_channels: int, num_classes: int, widths: Sequence[int], convs_pe
     quarter of the pixels, and on a CPU those memory-bound ops, not the convolutions, take most of a step.
     `stem`: a conv-BN-ReLU of that width at full size first (airbench's first layer, there a fixed
     whitening filter); `head_pool`: "avg" or "max" over the last map (airbench takes the max)."""
+    if head_pool not in ("avg", "max"):
+        raise ModelError(f"head_pool must be 'avg' or 'max', got {head_pool!r}")
     layers: list[nn.Module] = []
     channels = in_channels
     if stem is not None:
@@ -102,8 +105,8 @@ def strided_cnn(input_shape: tuple[int, int, int], num_classes: int,
     # The last map's size: stride 2 (padding 1), pool 2, stride 2 (padding 1); 28 -> 14 -> 7 -> 4.
     out_h, out_w = (((side + 1) // 2 // 2 + 1) // 2 for side in (height, width))
     if out_h < 1 or out_w < 1:
-        raise ModelError(f"strided-cnn needs images of at least 3x3 (its layers halve the size three times); "
-                         f"got {height}x{width}: use --image-size 28")
+        raise ModelError(f"needs images of at least 3x3 (its layers halve the size three times), got "
+                         f"{height}x{width}")
     return nn.Sequential(
         nn.Conv2d(channels, first, kernel_size=3, stride=2, padding=1, bias=False),
         nn.BatchNorm2d(first),

@@ -196,16 +196,18 @@ def choose_precision(asked: str, device: torch.device) -> Choice:
     return _timed_choice(device, reason)
 
 
-def images_per_second(precision: str, device: torch.device, seconds: float = 1.5, channels_last: bool = True) -> float:
-    """Training images per second of the fast recipe's model for Fashion-MNIST (fast-cnn-28, batch 256)."""
+def images_per_second(precision: str, device: torch.device, seconds: float = 1.5, channels_last: bool = True,
+                      model: str = "fast-cnn-28", batch: int = 256) -> float:
+    """Training images per second of `model` on 28x28 images at `batch`: by default fast-cnn-28 at batch 256,
+    `cnnlab info`'s probe of a machine (the fast recipe's network until issue 21), comparable across versions."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     torch_state = torch.get_rng_state()
     try:
         torch.manual_seed(0)
-        net = get_model("fast-cnn-28", (1, 28, 28), 10).to(device, memory_format=layout)
+        net = get_model(model, (1, 28, 28), 10).to(device, memory_format=layout)
         optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-        x = torch.randn(256, 1, 28, 28).to(device, memory_format=layout)
-        y = torch.randint(0, 10, (256,), device=device)
+        x = torch.randn(batch, 1, 28, 28).to(device, memory_format=layout)
+        y = torch.randint(0, 10, (batch,), device=device)
         _train_step(net, optimizer, x, y, precision)  # the first step builds the kernels; count from the second
         images, elapsed = 0, 0.0
         while elapsed < seconds:

@@ -7,9 +7,10 @@ where the hardware runs bf16 natively (precision "auto", machine.py; fp32 elsewh
 `fast-long` trains the same way for longer, with a wider network and random crops, for the
 best accuracy in a few minutes.
 
-The Fashion-MNIST and MNIST settings were chosen by measuring time to accuracy on 2 CPU cores
-(benchmarks/time_to_accuracy.py, docs/benchmarks.md). CIFAR-10 (small-cnn-32, crops and flips)
-and any other dataset (small-cnn-28, flips) get settings that work, not yet tuned by measurement.
+The Fashion-MNIST, MNIST and CIFAR-10 settings were chosen by measuring time to accuracy on 2 CPU
+cores (benchmarks/time_to_accuracy.py, docs/benchmarks.md): strided-cnn-28 for 28x28 images, and
+airbench's network scaled down (fast-cnn-32) for CIFAR-10. Any other dataset (small-cnn-28, flips)
+gets settings that work, not tuned by measurement.
 Flags given override a recipe's values.
 """
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.data import BatchLoader, Split
+from cnnlab.data.loader import fits_on
 from cnnlab.errors import RunError, TrainingError
 from cnnlab.inspect.evaluate import collect_logits, loss_and_accuracy
 from cnnlab.runs.config import RunConfig
@@ -88,10 +89,15 @@ class Trainer:
             self.val_loader = transfer.FeatureLoader(features["val"], val, EVAL_BATCH, device=device)
             self.test_loader = transfer.FeatureLoader(features["test"], test, EVAL_BATCH, device=device)
         else:
+            # On a GPU the splits stay there when all of them (only rank 0 validates and tests) fit in a quarter
+            # of its free memory: batches are then gathered and augmented there (loader.py).
+            kept = [fit, val, test] if ctx.is_main else [fit]
+            resident = fits_on(device, sum(split.x.nbytes + split.y.nbytes for split in kept))
             self.train_loader = BatchLoader(fit, s.batch_size, pre, shuffle=True, seed=s.seed, device=device,
-                                            augmentation=s.augment, rank=ctx.rank, world_size=ctx.world_size)
-            self.val_loader = BatchLoader(val, EVAL_BATCH, pre, device=device)
-            self.test_loader = BatchLoader(test, EVAL_BATCH, pre, device=device)
+                                            augmentation=s.augment, rank=ctx.rank, world_size=ctx.world_size,
+                                            resident=resident)
+            self.val_loader = BatchLoader(val, EVAL_BATCH, pre, device=device, resident=resident and ctx.is_main)
+            self.test_loader = BatchLoader(test, EVAL_BATCH, pre, device=device, resident=resident and ctx.is_main)
         self.total_steps = len(self.train_loader) * s.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.total_steps, s))
