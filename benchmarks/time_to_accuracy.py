@@ -364,7 +364,7 @@ def main() -> None:
     text = (
         f"Machine: {machine()}. Measured matmul peak (2048 x 2048): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; a training step is counted as 3 x 2 x the forward "
-        "mult-adds per image. Command: `python benchmarks/time_to_accuracy.py --write`.\n\n"
+        f"mult-adds per image. Command: `python benchmarks/time_to_accuracy.py {' '.join(sys.argv[1:])}`.\n\n"
         + "\n".join(sections)
         + ("\n### Longer recipe: --recipe fast-long\n\n" + "\n".join(longs) if longs else "")
     )
