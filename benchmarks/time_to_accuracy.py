@@ -35,6 +35,7 @@ time), against the targets >= 85% within 10 minutes and the best within 30 minut
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import statistics
@@ -49,11 +50,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import cnnlab
-from cnnlab.data import load_dataset
+from cnnlab.data import ImageData, load_dataset
 from cnnlab.inspect.evaluate import evaluate_model
 from cnnlab.models import get_model
 from cnnlab.inspect.summary import summarize
-from cnnlab.runs.folder import open_run
+from cnnlab.runs.folder import Run, open_run
 
 from common import cifar10, data_dir, machine, write_section
 
@@ -115,9 +116,15 @@ def lecture_run(x: torch.Tensor, y: torch.Tensor, epochs: int, test: tuple[torch
     return {"model": model, "seconds": seconds, "accuracies": accuracies}
 
 
+@functools.lru_cache(maxsize=None)  # read once a benchmark, not once a run
+def dataset(name: str, root: str) -> ImageData:
+    """The dataset `name` as the runs read it (CIFAR-10 through the decoded-image cache, unpacked first)."""
+    return cifar10(Path(root)) if name == "cifar10" else load_dataset(name, data_dir=root)
+
+
 def lecture_recipe(name: str, root: str) -> dict:
     """(a): lecture 001's recipe on the full dataset. Per-epoch seconds and test accuracies, and img/s."""
-    data = cifar10(Path(root)) if name == "cifar10" else load_dataset(name, data_dir=root)
+    data = dataset(name, root)
     run = lecture_run(data.train.x, data.train.y, LECTURE["epochs"], (data.test.x.float() / 255, data.test.y))
     # Inference the lecture's way: its test DataLoader, batch 32, one forward per batch.
     model = run["model"].eval()
@@ -136,16 +143,22 @@ def cnnlab_recipe(name: str, root: str, out: str, model: str | None, recipe: str
     """(b), (c) and the long recipe: cnnlab.train, tested after every epoch (--watch-test)."""
     run = cnnlab.train(model, name, recipe=recipe, data_dir=root, out=out, overwrite=True, device="cpu",
                        verbose=False, val_fraction=0.0, watch_test=True, **settings)
-    data = load_dataset(name, data_dir=root)
-    model = cnnlab.load(run, device="cpu")  # as `cnnlab evaluate` runs it: its layout, its TTA
+    return run_result(run, dataset(name, root))
+
+
+def run_result(run: Run, data: ImageData, watch_test: bool = True) -> dict:
+    """A finished run's seconds and accuracies per epoch, and its model's test images per second as
+    `cnnlab evaluate` runs it (its layout, its TTA), best after a warm-up pass."""
+    model = cnnlab.load(run, device="cpu")
     evaluate_model(model, data.test)  # warm-up
     started = time.perf_counter()
     evaluate_model(model, data.test)
     infer = len(data.test) / (time.perf_counter() - started)
     return {"model": run.config.model, "seconds": [row["seconds"] for row in run.history],
-            "accuracies": [row["test_accuracy"] for row in run.history], "final": run.metrics["test_accuracy"],
-            "train_images": run.config.data.train_images, "infer_per_s": infer,
-            "input_shape": tuple(run.config.data.input_shape)}
+            "accuracies": [row["test_accuracy"] for row in run.history] if watch_test else [],
+            "final": run.metrics["test_accuracy"], "train_images": run.config.data.train_images,
+            "infer_per_s": infer, "input_shape": tuple(run.config.data.input_shape),
+            "precision": run.config.train.precision}
 
 
 def process_recipe(name: str, root: str, out: str, recipe: str, watch_test: bool = False,
@@ -162,18 +175,7 @@ def process_recipe(name: str, root: str, out: str, recipe: str, watch_test: bool
     wall = time.perf_counter() - started
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
-    run = open_run(out)
-    model = cnnlab.load(run, device="cpu")
-    data = cifar10(Path(root)) if name == "cifar10" else load_dataset(name, data_dir=root)
-    evaluate_model(model, data.test)  # warm-up
-    started = time.perf_counter()
-    evaluate_model(model, data.test)
-    infer = len(data.test) / (time.perf_counter() - started)
-    return {"model": run.config.model, "seconds": [row["seconds"] for row in run.history],
-            "accuracies": [row["test_accuracy"] for row in run.history] if watch_test else [],
-            "final": run.metrics["test_accuracy"], "train_images": run.config.data.train_images,
-            "infer_per_s": infer, "wall": wall, "input_shape": tuple(run.config.data.input_shape),
-            "precision": run.config.train.precision}
+    return {**run_result(open_run(out), dataset(name, root), watch_test), "wall": wall}
 
 
 def repeated(results: list[dict]) -> dict:
@@ -200,7 +202,7 @@ def verdict(lecture_seconds: float, fast: dict, target: float, goal: float = 10.
 def side_by_side(name: str, root: str, out: str, images: int = 6400, rounds: int = 3) -> tuple[float, float]:
     """Training img/s of (a) and (b) on the first `images` images, in alternating rounds, best of each:
     the machine's speed drifts over minutes, so two long runs one after the other compare it, not the code."""
-    data = load_dataset(name, data_dir=root)
+    data = dataset(name, root)
     x, y = data.train.x[:images], data.train.y[:images]
     lecture, ours = [], []
     for _ in range(rounds):
@@ -321,7 +323,7 @@ def cifar_section(root: str, out: str, peaks: dict[str, float], long: bool = Tru
     tested after every epoch, against >= 85% within 10 minutes and the best within 30 minutes."""
     target = TARGETS["cifar10"]
     print("== cifar10: filling the decoded-image cache, so that no run below decodes the JPEGs", flush=True)
-    cifar10(Path(root))
+    dataset("cifar10", root)
     print("== cifar10: (a) the lecture's recipe", flush=True)
     rows = [row("(a) lecture 001, as written", lecture_recipe("cifar10", root), target, peaks, False)]
     verdicts = [f"(a) ends at {rows[0]['final']:.2%} after {rows[0]['total']:.1f} s of training"]
